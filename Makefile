@@ -1,0 +1,43 @@
+# FedMedCLIP developer commands. `make test` and `make demo` work on a fresh machine with Python 3.11 and make.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install test lint format proto proto-check demo clean
+
+# (Re)install when pyproject.toml changes. pip resolves torch/torchvision/open_clip (DESIGN.md §10).
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy fedmedclip aggregator_service hospital_agent inference_api
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+proto: $(STAMP)
+	$(PY) scripts/generate_proto.py
+
+proto-check: $(STAMP)
+	$(PY) scripts/generate_proto.py --check
+
+# Until the services land (issue "deploy and demo"), the demo runs the federation in-process on synth data.
+demo: $(STAMP)
+	$(VENV)/bin/fedmedclip demo
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The aggregator: coordinates rounds and stores FAM versions (issue "Aggregator service")."""

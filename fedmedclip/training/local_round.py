@@ -1,0 +1,140 @@
+"""One local round on cached embeddings: train the FAM and the private head together (DESIGN.md §3).
+
+Pure computation: tensors in, tensors and numbers out. No file, network or database access.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+
+from fedmedclip.model.fam import FeatureAdaptationModule, build_fam, fam_state
+from fedmedclip.model.head import PrivateHead, build_head, head_state
+from fedmedclip.training.config import TrainConfig
+from fedmedclip.training.losses import adaptive_kd_loss, pairwise_contrastive_loss, prototype_contrastive_loss
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    total: torch.Tensor
+    contrastive: torch.Tensor
+    head_ce: torch.Tensor
+    kd: torch.Tensor
+    head_logits: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    fam_state: dict[str, torch.Tensor]
+    head_state: dict[str, torch.Tensor]
+    num_samples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def compute_loss(
+    fam: FeatureAdaptationModule,
+    head: PrivateHead,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    text_prototypes: torch.Tensor,
+    logit_scale: float,
+    config: TrainConfig,
+) -> LossTerms:
+    """``L = L_contr + L_CE + λ·L_KD`` for one batch, each term switchable for ablations."""
+    zero = features.new_zeros(())
+    adapted = fam(features)  # f̂; not detached, so the head's CE also shapes the FAM
+    if not config.use_contrastive:
+        contrastive = zero
+    elif config.contrastive == "prototype":
+        contrastive = prototype_contrastive_loss(adapted, text_prototypes, labels, logit_scale)
+    else:
+        contrastive = pairwise_contrastive_loss(adapted, text_prototypes[labels], logit_scale)
+    needs_head = config.use_head_ce or config.use_kd
+    logits = head(adapted) if needs_head else None
+    head_ce = F.cross_entropy(logits, labels) if config.use_head_ce and logits is not None else zero
+    kd = zero
+    if config.use_kd and logits is not None:
+        kd = adaptive_kd_loss(adapted @ text_prototypes.T, logits, logit_scale, config.kd_temperature)
+    total = contrastive + head_ce + config.kd_weight * kd
+    return LossTerms(total, contrastive, head_ce, kd, logits)
+
+
+def shuffled_batches(num_samples: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    order = torch.randperm(num_samples, generator=generator)
+    batches = list(order.split(batch_size))
+    # BatchNorm cannot normalise a batch of one; fold a trailing singleton into the previous batch.
+    if len(batches) > 1 and batches[-1].numel() < 2:
+        tail = batches.pop()
+        batches[-1] = torch.cat([batches[-1], tail])
+    return batches
+
+
+def train_local_round(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    text_prototypes: torch.Tensor,
+    global_fam: dict[str, torch.Tensor],
+    head: dict[str, torch.Tensor] | None,
+    *,
+    logit_scale: float,
+    config: TrainConfig | None = None,
+    round_index: int = 0,
+    seed: int = 0,
+) -> RoundResult:
+    """Train one round starting from the global FAM and this site's head; return the new local state.
+
+    ``features`` are cached raw CLIP image embeddings (N × D), ``labels`` site-local class indices,
+    ``text_prototypes`` the site's normalised class text embeddings (C × D). ``head=None`` starts a new
+    head (the site's first round). The shuffling is seeded by ``seed`` and ``round_index``.
+    """
+    config = config or TrainConfig()
+    num_samples, dim = features.shape
+    num_classes = text_prototypes.shape[0]
+    if num_samples < 2:
+        raise ValueError(f"a local round needs at least 2 training samples, got {num_samples}")
+    if labels.shape != (num_samples,):
+        raise ValueError(f"labels must have shape ({num_samples},), got {tuple(labels.shape)}")
+    if text_prototypes.shape[1] != dim:
+        raise ValueError(f"text prototypes have width {text_prototypes.shape[1]}, features have {dim}")
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]")
+
+    device = features.device
+    fam = build_fam(dim, global_fam).to(device).train()
+    head_module = build_head(dim, num_classes, head, seed=seed, hidden=config.head_hidden).to(device).train()
+    fam_lr, head_lr = config.learning_rates(round_index)
+    optimiser = torch.optim.AdamW(
+        [{"params": fam.parameters(), "lr": fam_lr}, {"params": head_module.parameters(), "lr": head_lr}],
+        betas=config.betas,
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+    )
+    generator = torch.Generator().manual_seed(seed * 100_003 + round_index)
+    text = text_prototypes.to(device)
+    labels = labels.to(device)
+    sums = {"loss": 0.0, "contrastive": 0.0, "head_ce": 0.0, "kd": 0.0}
+    correct = 0
+    seen = 0
+    steps = 0
+    for _ in range(config.local_epochs):
+        for index in shuffled_batches(num_samples, config.batch_size, generator):
+            batch_features, batch_labels = features[index.to(device)], labels[index.to(device)]
+            terms = compute_loss(fam, head_module, batch_features, batch_labels, text, logit_scale, config)
+            optimiser.zero_grad(set_to_none=True)
+            terms.total.backward()
+            optimiser.step()
+            steps += 1
+            sums["loss"] += terms.total.item()
+            sums["contrastive"] += terms.contrastive.item()
+            sums["head_ce"] += terms.head_ce.item()
+            sums["kd"] += terms.kd.item()
+            if terms.head_logits is not None:  # accuracy of the logits seen by this step, before the update
+                correct += int((terms.head_logits.detach().argmax(dim=-1) == batch_labels).sum())
+                seen += batch_labels.numel()
+    metrics = {name: total / steps for name, total in sums.items()}
+    if seen:
+        metrics["train_head_acc"] = correct / seen
+    metrics["fam_alive_rows"] = float(sum(int(layer.alive_rows().sum()) for layer in (fam.m1, fam.m2)))
+    return RoundResult(fam_state(fam), head_state(head_module), num_samples, metrics)
