@@ -1,0 +1,134 @@
+"""Aggregation of masked FAM deltas (DESIGN.md §3, "Aggregation"): a pure function, validated inputs.
+
+``new = global + Δ̄`` where, for every row of a matrix (and every element of a vector), ``Δ̄`` is the
+weighted mean of the deltas of the sites that sent that row. Rows nobody sent stay unchanged: averaging in
+implicit zeros would shrink every update by the fraction of sites that happened not to send a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from fedmedclip.federation.errors import UpdateRejected
+from fedmedclip.federation.sparse import SparseTensor, SparseUpdate
+
+Weighting = Literal["samples", "uniform"]
+
+
+@dataclass(frozen=True)
+class SiteUpdate:
+    site: str
+    num_samples: int  # training samples behind the update: its weight under "samples" weighting
+    update: SparseUpdate
+
+
+def validate_update(
+    update: SparseUpdate,
+    shapes: Mapping[str, tuple[int, ...]],
+    norm_bound: float | None = None,
+    site: str = "?",
+    num_samples: int | None = None,
+) -> None:
+    """Raise ``UpdateRejected`` naming ``site`` and the tensor unless ``update`` fits ``shapes``.
+
+    Matrices (2-D) may be sent partially or not at all; vectors (1-D) are required, whole. Values must be
+    finite floats; with ``norm_bound`` the L2 norm over all sent values must not exceed it.
+    """
+    if num_samples is not None and (isinstance(num_samples, bool) or num_samples < 1):
+        raise UpdateRejected(site, f"num_samples must be >= 1, got {num_samples!r}")
+    for name in update.tensors:
+        if name not in shapes:
+            raise UpdateRejected(site, f"unknown tensor (expected one of {', '.join(sorted(shapes))})", name)
+    for name, shape in shapes.items():
+        if len(shape) == 1 and name not in update.tensors:
+            raise UpdateRejected(site, "required vector tensor is missing", name)
+    squared = 0.0
+    for name, tensor in update.tensors.items():
+        _validate_tensor(tensor, tuple(shapes[name]), site, name)
+        squared += float(torch.sum(tensor.values.to(torch.float64) ** 2))
+    if norm_bound is not None and squared**0.5 > norm_bound:
+        raise UpdateRejected(site, f"update L2 norm {squared**0.5:.6g} exceeds the bound {norm_bound:.6g}")
+
+
+def _validate_tensor(tensor: SparseTensor, expected: tuple[int, ...], site: str, name: str) -> None:
+    if tuple(tensor.shape) != expected:
+        raise UpdateRejected(site, f"shape {list(tensor.shape)}, expected {list(expected)}", name)
+    values = tensor.values
+    if not values.is_floating_point():
+        raise UpdateRejected(site, f"values have non-float dtype {values.dtype}", name)
+    if tensor.rows is None:
+        if tuple(values.shape) != expected:
+            raise UpdateRejected(site, f"dense values of shape {list(values.shape)}, expected {list(expected)}", name)
+    else:
+        _validate_rows(tensor.rows, values, expected, site, name)
+    if not bool(torch.isfinite(values).all()):
+        raise UpdateRejected(site, "values contain NaN or Inf", name)
+
+
+def _validate_rows(rows: torch.Tensor, values: torch.Tensor, expected: tuple[int, ...], site: str, name: str) -> None:
+    if len(expected) != 2:
+        raise UpdateRejected(site, "row-sparse values sent for a vector tensor", name)
+    if rows.dtype != torch.int64 or rows.dim() != 1:
+        raise UpdateRejected(site, f"row indices must be a 1-D int64 tensor, got {rows.dtype} {list(rows.shape)}", name)
+    if tuple(values.shape) != (rows.numel(), expected[1]):
+        raise UpdateRejected(
+            site, f"values of shape {list(values.shape)} for {rows.numel()} rows of width {expected[1]}", name
+        )
+    if rows.numel() == 0:
+        return
+    if int(rows.min()) < 0 or int(rows.max()) >= expected[0]:
+        raise UpdateRejected(
+            site, f"row index out of range [0, {expected[0]}): min {int(rows.min())}, max {int(rows.max())}", name
+        )
+    if torch.unique(rows).numel() != rows.numel():
+        raise UpdateRejected(site, "row indices contain duplicates", name)
+
+
+def aggregate(
+    global_state: Mapping[str, torch.Tensor],
+    updates: Sequence[SiteUpdate],
+    weighting: Weighting = "samples",
+    norm_bound: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """The next global FAM from ``global_state`` and the sites' updates; no input is modified.
+
+    Every update is validated before any arithmetic: one bad update raises ``UpdateRejected`` (naming the
+    site and tensor) and nothing is averaged; the caller decides whether to drop it and call again.
+    """
+    if not updates:
+        raise ValueError("aggregate: no updates to aggregate")
+    if weighting not in ("samples", "uniform"):
+        raise ValueError(f"aggregate: weighting must be 'samples' or 'uniform', got {weighting!r}")
+    sites = [u.site for u in updates]
+    if len(set(sites)) != len(sites):
+        raise ValueError(f"aggregate: more than one update from the same site in {sorted(sites)}")
+    for name, tensor in global_state.items():
+        if not tensor.is_floating_point() or tensor.dim() not in (1, 2):
+            raise ValueError(f"aggregate: global tensor {name!r} must be a 1-D or 2-D float tensor")
+    shapes = {name: tuple(tensor.shape) for name, tensor in global_state.items()}
+    for site_update in updates:
+        validate_update(site_update.update, shapes, norm_bound, site_update.site, site_update.num_samples)
+
+    # Sorted by site and summed in float64: the result does not depend on arrival order.
+    ordered = sorted(updates, key=lambda u: u.site)
+    result: dict[str, torch.Tensor] = {}
+    for name, tensor in global_state.items():
+        rows = tensor.shape[0]
+        numerator = torch.zeros((rows, tensor.numel() // rows), dtype=torch.float64)
+        weight_sum = torch.zeros(rows, dtype=torch.float64)
+        for site_update in ordered:
+            sent = site_update.update.tensors.get(name)
+            if sent is None:
+                continue
+            weight = float(site_update.num_samples) if weighting == "samples" else 1.0
+            values = sent.values.to("cpu", torch.float64).reshape(-1, numerator.shape[1])
+            index = torch.arange(rows) if sent.rows is None else sent.rows.cpu()
+            numerator[index] += weight * values
+            weight_sum[index] += weight
+        mean = numerator / weight_sum.clamp(min=1.0).unsqueeze(1)  # unsent rows: 0 / 1 = no change
+        result[name] = (tensor.detach().to("cpu", torch.float64) + mean.reshape(tensor.shape)).to(torch.float32)
+    return result

@@ -1,0 +1,386 @@
+"""The masked update codec (DESIGN.md §3, "What a site sends").
+
+Per round a site sends ``total = Δ + residual``: of each weight matrix only the alive rows among the top
+``ceil(rho · rows)`` rows by L2 norm, quantised (int8 with one fp16 scale per row, or fp16, or fp32); the
+bias and kappa vectors whole (fp16, or fp32). Everything not transmitted, quantisation error included,
+becomes the next residual (error feedback), so nothing is lost, only delayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import zlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from fedmedclip.federation import payload as framing
+from fedmedclip.federation.errors import CorruptUpdate
+from fedmedclip.federation.sparse import SparseTensor, SparseUpdate
+
+__all__ = [
+    "CodecConfig",
+    "CodecStats",
+    "EncodedUpdate",
+    "SparseTensor",
+    "SparseUpdate",
+    "decode_update",
+    "encode_dense_reference",
+    "encode_update",
+]
+
+Quantization = Literal["int8", "fp16", "fp32"]
+Compression = Literal["zstd", "zlib", "none"]
+
+DEFAULT_MAX_DECOMPRESSED_BYTES = 64 << 20  # dense fp32 FAM for D=512 is ~2 MiB; D=1024 ~8 MiB
+_FP16_MAX = float(torch.finfo(torch.float16).max)
+# Little-endian on the wire whatever the host: numpy dtype strings make the byte order explicit.
+_WIRE_DTYPES = {"int32": "<i4", "int8": "i1", "float16": "<f2", "float32": "<f4"}
+_ENCODINGS: dict[str, dict[str, str]] = {  # encoding -> part -> wire dtype
+    "rows-int8": {"indices": "int32", "scales": "float16", "values": "int8"},
+    "rows-fp16": {"indices": "int32", "values": "float16"},
+    "rows-fp32": {"indices": "int32", "values": "float32"},
+    "dense-fp16": {"values": "float16"},
+    "dense-fp32": {"values": "float32"},
+}
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    rho: float = 0.2  # fraction of each matrix's rows that may be sent per round
+    quantization: Quantization = "int8"
+    compression: Compression = "zstd"
+
+    def __post_init__(self) -> None:
+        rho = self.rho
+        if isinstance(rho, bool) or not isinstance(rho, int | float) or not (0.0 < rho <= 1.0):
+            raise ValueError(f"codec rho must be a number in (0, 1], got {rho!r}")
+        if self.quantization not in ("int8", "fp16", "fp32"):
+            raise ValueError(f"codec quantization must be 'int8', 'fp16' or 'fp32', got {self.quantization!r}")
+        if self.compression not in framing.COMPRESSIONS:
+            raise ValueError(f"codec compression must be 'zstd', 'zlib' or 'none', got {self.compression!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CodecConfig:
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown codec settings: {', '.join(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class CodecStats:
+    rows_sent: dict[str, int]  # per weight matrix
+    rows_total: dict[str, int]
+    raw_bytes: int  # uncompressed body
+    payload_bytes: int  # what goes on the wire
+    dense_fp32_bytes: int  # the same tensors sent whole in float32, for comparison
+
+
+@dataclass(frozen=True)
+class EncodedUpdate:
+    payload: bytes
+    sha256: str  # of the whole payload: what the transport announces and the receiver checks
+    residual: dict[str, torch.Tensor]  # keep locally and pass to the next round's encode_update
+    stats: CodecStats
+
+
+def encode_update(
+    delta: Mapping[str, torch.Tensor],
+    alive_rows: Mapping[str, torch.Tensor],
+    residual: Mapping[str, torch.Tensor] | None = None,
+    config: CodecConfig | None = None,
+) -> EncodedUpdate:
+    """Encode ``delta + residual`` (see the module docstring). 2-D tensors are row-masked; 1-D sent whole.
+
+    ``alive_rows`` must hold a boolean vector for every 2-D tensor. Raises ``ValueError`` for inconsistent
+    inputs, non-finite values, or values beyond fp16 range when a 16-bit encoding is asked for.
+    """
+    config = config or CodecConfig()
+    _check_inputs(delta, alive_rows, residual)
+    writer = _BodyWriter()
+    entries: list[dict[str, Any]] = []
+    new_residual: dict[str, torch.Tensor] = {}
+    rows_sent: dict[str, int] = {}
+    rows_total: dict[str, int] = {}
+    for name in sorted(delta):  # canonical order: equal inputs give byte-identical payloads
+        # On the CPU whatever the training device: serialisation goes through numpy.
+        total = delta[name].detach().to("cpu", torch.float32)
+        if residual is not None:
+            total = total + residual[name].detach().to("cpu", torch.float32)
+        if total.dim() == 2:
+            entry, decoded = _encode_rows(name, total, alive_rows[name].detach().cpu(), config, writer)
+            rows_sent[name] = entry["row_count"]
+            rows_total[name] = total.shape[0]
+        else:
+            entry, decoded = _encode_dense(name, total, config, writer)
+        entries.append(entry)
+        new_residual[name] = total - decoded
+    body = writer.getvalue()
+    header = {"byte_order": "little", "codec": config.to_dict(), "tensors": entries}
+    data = framing.pack(header, body, config.compression)
+    stats = CodecStats(
+        rows_sent=rows_sent,
+        rows_total=rows_total,
+        raw_bytes=len(body),
+        payload_bytes=len(data),
+        dense_fp32_bytes=sum(4 * t.numel() for t in delta.values()),
+    )
+    return EncodedUpdate(data, hashlib.sha256(data).hexdigest(), new_residual, stats)
+
+
+def encode_dense_reference(state: Mapping[str, torch.Tensor]) -> bytes:
+    """The paper's reference upload (every tensor whole, fp16, zlib): only for byte comparisons."""
+    raw = b"".join(
+        state[name].detach().to("cpu", torch.float16).contiguous().numpy().astype("<f2").tobytes()
+        for name in sorted(state)
+    )
+    return zlib.compress(raw, 6)
+
+
+def decode_update(
+    payload: bytes,
+    expected_sha256: str | None = None,
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
+) -> SparseUpdate:
+    """Parse and check a payload from ``encode_update``; every defect raises ``CorruptUpdate``."""
+    if expected_sha256 is not None:
+        actual = hashlib.sha256(payload).hexdigest()
+        if actual != expected_sha256.strip().lower():
+            raise CorruptUpdate(f"update sha256 mismatch: announced {expected_sha256}, received {actual}")
+    header, body = framing.unpack(payload, max_decompressed_bytes)
+    codec_settings = header.get("codec")
+    if not isinstance(codec_settings, dict):
+        raise CorruptUpdate("update header has no 'codec' object")
+    try:
+        codec = CodecConfig.from_dict(codec_settings)
+    except (TypeError, ValueError) as exc:
+        raise CorruptUpdate(f"update header codec settings are invalid: {exc}") from exc
+    if header.get("byte_order") != "little":
+        raise CorruptUpdate(f"unsupported byte order {header.get('byte_order')!r}; expected 'little'")
+    entries = header.get("tensors")
+    if not isinstance(entries, list):
+        raise CorruptUpdate("update header has no 'tensors' list")
+    tensors: dict[str, SparseTensor] = {}
+    for index, entry in enumerate(entries):
+        name, tensor = _decode_entry(entry, index, body, max_decompressed_bytes)
+        if name in tensors:
+            raise CorruptUpdate(f"update header lists tensor {name!r} twice")
+        tensors[name] = tensor
+    return SparseUpdate(tensors, codec)
+
+
+# --- encoding helpers ---------------------------------------------------------------------------------
+
+
+class _BodyWriter:
+    """Appends parts to the body and returns their header descriptors (offset, length, dtype)."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def add(self, array: np.ndarray[Any, Any], dtype: str) -> dict[str, Any]:
+        data = np.ascontiguousarray(array, dtype=_WIRE_DTYPES[dtype]).tobytes()
+        part = {"offset": self._size, "length": len(data), "dtype": dtype}
+        self._chunks.append(data)
+        self._size += len(data)
+        return part
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._chunks)
+
+
+def _check_inputs(
+    delta: Mapping[str, torch.Tensor],
+    alive_rows: Mapping[str, torch.Tensor],
+    residual: Mapping[str, torch.Tensor] | None,
+) -> None:
+    if not delta:
+        raise ValueError("encode_update: the delta holds no tensors")
+    for name, tensor in delta.items():
+        if not tensor.is_floating_point() or tensor.dim() not in (1, 2):
+            raise ValueError(f"encode_update: tensor {name!r} must be a 1-D or 2-D float tensor")
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"encode_update: tensor {name!r} has NaN or Inf values")
+        if tensor.dim() == 2:
+            alive = alive_rows.get(name)
+            if alive is None or alive.dtype != torch.bool or tuple(alive.shape) != (tensor.shape[0],):
+                raise ValueError(f"encode_update: alive_rows[{name!r}] must be a bool vector of {tensor.shape[0]}")
+    extra = sorted(set(alive_rows) - {n for n, t in delta.items() if t.dim() == 2})
+    if extra:
+        raise ValueError(f"encode_update: alive_rows names tensors that are not matrices of the delta: {extra}")
+    if residual is not None:
+        if set(residual) != set(delta):
+            raise ValueError("encode_update: the residual must hold exactly the delta's tensors")
+        for name, tensor in residual.items():
+            if tuple(tensor.shape) != tuple(delta[name].shape):
+                raise ValueError(f"encode_update: residual {name!r} has shape {tuple(tensor.shape)}")
+
+
+def _select_rows(total: torch.Tensor, alive: torch.Tensor, rho: float) -> torch.Tensor:
+    """Sorted indices of the alive rows among the top ``ceil(rho · rows)`` of all rows by L2 norm.
+
+    Dead rows still count towards the top-k, so a round never sends more than that many rows. All-zero rows
+    are skipped: sending them would cost bytes and change nothing.
+    """
+    norms = torch.linalg.vector_norm(total, dim=1)
+    budget = math.ceil(rho * total.shape[0])
+    top = torch.argsort(norms, descending=True, stable=True)[:budget]  # stable: ties break by row index
+    keep = top[alive[top] & (norms[top] > 0)]
+    return torch.sort(keep).values
+
+
+def _fp16_round_up(values: torch.Tensor) -> torch.Tensor:
+    """Non-negative float32 → the smallest float16 ≥ each value, so ``|x / scale| ≤ 127`` always holds."""
+    half = values.to(torch.float16)
+    low = half.to(torch.float32) < values
+    # For positive finite float16, the next representable value is the next bit pattern.
+    bumped = (half.view(torch.int16) + 1).view(torch.float16)
+    return torch.where(low, bumped, half)
+
+
+def dequantize_int8(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """float32 ``codes · scale`` per row; shared by encoder and decoder so both sides agree bit for bit."""
+    return codes.to(torch.float32) * scales.to(torch.float32).unsqueeze(1)
+
+
+def _check_fp16_range(name: str, values: torch.Tensor, limit: float) -> None:
+    if values.numel() and float(values.abs().max()) > limit:
+        raise ValueError(f"encode_update: tensor {name!r} has values beyond float16 range; use quantization='fp32'")
+
+
+def _encode_rows(
+    name: str, total: torch.Tensor, alive: torch.Tensor, config: CodecConfig, writer: _BodyWriter
+) -> tuple[dict[str, Any], torch.Tensor]:
+    rows = _select_rows(total, alive, config.rho)
+    kept = total[rows]
+    parts = {"indices": writer.add(rows.numpy(), "int32")}
+    if config.quantization == "int8":
+        _check_fp16_range(name, kept, _FP16_MAX * 127)
+        scales = _fp16_round_up(kept.abs().amax(dim=1) / 127.0) if len(rows) else torch.zeros(0, dtype=torch.float16)
+        safe = torch.where(scales > 0, scales.to(torch.float32), torch.ones_like(scales, dtype=torch.float32))
+        codes = torch.round(kept / safe.unsqueeze(1)).clamp_(-127, 127).to(torch.int8)
+        parts["scales"] = writer.add(scales.numpy(), "float16")
+        parts["values"] = writer.add(codes.numpy(), "int8")
+        sent = dequantize_int8(codes, scales)
+    elif config.quantization == "fp16":
+        _check_fp16_range(name, kept, _FP16_MAX)
+        half = kept.to(torch.float16)
+        parts["values"] = writer.add(half.numpy(), "float16")
+        sent = half.to(torch.float32)
+    else:
+        parts["values"] = writer.add(kept.numpy(), "float32")
+        sent = kept.clone()
+    decoded = torch.zeros_like(total)
+    decoded[rows] = sent
+    entry = {
+        "name": name,
+        "shape": list(total.shape),
+        "encoding": f"rows-{config.quantization}",
+        "row_count": len(rows),
+        "parts": parts,
+    }
+    return entry, decoded
+
+
+def _encode_dense(
+    name: str, total: torch.Tensor, config: CodecConfig, writer: _BodyWriter
+) -> tuple[dict[str, Any], torch.Tensor]:
+    if config.quantization == "fp32":
+        encoding, values, decoded = "dense-fp32", writer.add(total.numpy(), "float32"), total.clone()
+    else:
+        _check_fp16_range(name, total, _FP16_MAX)
+        half = total.to(torch.float16)
+        encoding, values, decoded = "dense-fp16", writer.add(half.numpy(), "float16"), half.to(torch.float32)
+    return {"name": name, "shape": list(total.shape), "encoding": encoding, "parts": {"values": values}}, decoded
+
+
+# --- decoding helpers ---------------------------------------------------------------------------------
+
+
+def _decode_entry(entry: object, index: int, body: bytes, max_bytes: int) -> tuple[str, SparseTensor]:
+    if not isinstance(entry, dict):
+        raise CorruptUpdate(f"update header tensors[{index}] is not an object")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise CorruptUpdate(f"update header tensors[{index}] has no name")
+    where = f"tensor {name!r}"
+    shape = _decode_shape(entry.get("shape"), where, max_bytes)
+    encoding = entry.get("encoding")
+    if encoding not in _ENCODINGS:
+        raise CorruptUpdate(f"{where}: unknown encoding {encoding!r}; known: {', '.join(_ENCODINGS)}")
+    layout = _ENCODINGS[encoding]
+    parts = entry.get("parts")
+    if not isinstance(parts, dict) or set(parts) != set(layout):
+        raise CorruptUpdate(f"{where}: encoding {encoding} needs parts {sorted(layout)}, header has {parts!r}")
+    if encoding.startswith("dense-"):
+        values = _read_part(body, parts["values"], layout["values"], math.prod(shape), f"{where} values")
+        return name, SparseTensor(shape, None, values.reshape(shape))
+    if len(shape) != 2:
+        raise CorruptUpdate(f"{where}: row encoding {encoding} needs a 2-D shape, got {list(shape)}")
+    count = framing.require_int(entry, "row_count", where)
+    if count > shape[0]:
+        raise CorruptUpdate(f"{where}: row_count {count} exceeds the {shape[0]} rows of the tensor")
+    rows = _read_part(body, parts["indices"], "int32", count, f"{where} indices").to(torch.int64)
+    _check_rows(rows, shape[0], where)
+    raw = _read_part(body, parts["values"], layout["values"], count * shape[1], f"{where} values")
+    raw = raw.reshape(count, shape[1])
+    if encoding == "rows-int8":
+        scales = _read_part(body, parts["scales"], "float16", count, f"{where} scales")
+        values = dequantize_int8(raw, scales)
+    else:
+        values = raw.to(torch.float32)
+    return name, SparseTensor(shape, rows, values)
+
+
+def _decode_shape(shape: object, where: str, max_bytes: int) -> tuple[int, ...]:
+    if not (isinstance(shape, list) and len(shape) in (1, 2) and all(_is_positive_int(d) for d in shape)):
+        raise CorruptUpdate(f"{where}: shape must be a list of 1 or 2 positive integers, got {shape!r}")
+    dims = tuple(int(d) for d in shape)
+    if 4 * math.prod(dims) > max_bytes:
+        # Bounds what to_dense() would allocate, as max_decompressed_bytes bounds the body.
+        raise CorruptUpdate(f"{where}: shape {list(dims)} is larger than the {max_bytes}-byte limit allows")
+    return dims
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _read_part(body: bytes, part: object, dtype: str, count: int, where: str) -> torch.Tensor:
+    """The part's elements as a tensor (int8/int32 as such, floats as stored), after bounds checks."""
+    if not isinstance(part, dict):
+        raise CorruptUpdate(f"{where}: part descriptor is not an object")
+    if part.get("dtype") != dtype:
+        raise CorruptUpdate(f"{where}: dtype {part.get('dtype')!r}, expected {dtype!r}")
+    offset = framing.require_int(part, "offset", where)
+    length = framing.require_int(part, "length", where)
+    if offset + length > len(body):
+        raise CorruptUpdate(f"{where}: bytes {offset}..{offset + length} lie outside the {len(body)}-byte body")
+    wire = np.dtype(_WIRE_DTYPES[dtype])
+    if length != count * wire.itemsize:
+        raise CorruptUpdate(f"{where}: {length} bytes, expected {count} × {wire.itemsize} = {count * wire.itemsize}")
+    array = np.frombuffer(body, dtype=wire, count=count, offset=offset)
+    return torch.from_numpy(array.astype(wire.newbyteorder("="), copy=True))
+
+
+def _check_rows(rows: torch.Tensor, limit: int, where: str) -> None:
+    if rows.numel() == 0:
+        return
+    low, high = int(rows.min()), int(rows.max())
+    if low < 0 or high >= limit:
+        raise CorruptUpdate(f"{where}: row index out of range [0, {limit}): min {low}, max {high}")
+    steps = rows[1:] - rows[:-1]
+    if bool((steps == 0).any()):
+        duplicate = int(rows[1:][steps == 0][0])
+        raise CorruptUpdate(f"{where}: row index {duplicate} is listed twice")
+    if bool((steps < 0).any()):
+        raise CorruptUpdate(f"{where}: row indices are not in increasing order")

@@ -1,0 +1,170 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Preprocess(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PREPROCESS_UNSPECIFIED: _ClassVar[Preprocess]
+    PREPROCESS_CLIP: _ClassVar[Preprocess]
+    PREPROCESS_PAPER: _ClassVar[Preprocess]
+
+class Contrastive(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONTRASTIVE_UNSPECIFIED: _ClassVar[Contrastive]
+    CONTRASTIVE_PAIRWISE: _ClassVar[Contrastive]
+    CONTRASTIVE_PROTOTYPE: _ClassVar[Contrastive]
+
+class Quantization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QUANTIZATION_UNSPECIFIED: _ClassVar[Quantization]
+    QUANTIZATION_INT8: _ClassVar[Quantization]
+    QUANTIZATION_FP16: _ClassVar[Quantization]
+    QUANTIZATION_FP32: _ClassVar[Quantization]
+
+class Compression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COMPRESSION_UNSPECIFIED: _ClassVar[Compression]
+    COMPRESSION_ZSTD: _ClassVar[Compression]
+    COMPRESSION_ZLIB: _ClassVar[Compression]
+    COMPRESSION_NONE: _ClassVar[Compression]
+
+class ModelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_FORMAT_UNSPECIFIED: _ClassVar[ModelFormat]
+    MODEL_FORMAT_SAFETENSORS: _ClassVar[ModelFormat]
+PREPROCESS_UNSPECIFIED: Preprocess
+PREPROCESS_CLIP: Preprocess
+PREPROCESS_PAPER: Preprocess
+CONTRASTIVE_UNSPECIFIED: Contrastive
+CONTRASTIVE_PAIRWISE: Contrastive
+CONTRASTIVE_PROTOTYPE: Contrastive
+QUANTIZATION_UNSPECIFIED: Quantization
+QUANTIZATION_INT8: Quantization
+QUANTIZATION_FP16: Quantization
+QUANTIZATION_FP32: Quantization
+COMPRESSION_UNSPECIFIED: Compression
+COMPRESSION_ZSTD: Compression
+COMPRESSION_ZLIB: Compression
+COMPRESSION_NONE: Compression
+MODEL_FORMAT_UNSPECIFIED: ModelFormat
+MODEL_FORMAT_SAFETENSORS: ModelFormat
+
+class BackboneSpec(_message.Message):
+    __slots__ = ("model", "weights", "weights_digest", "preprocess", "seed")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    weights: str
+    weights_digest: str
+    preprocess: Preprocess
+    seed: int
+    def __init__(self, model: _Optional[str] = ..., weights: _Optional[str] = ..., weights_digest: _Optional[str] = ..., preprocess: _Optional[_Union[Preprocess, str]] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class TrainConfig(_message.Message):
+    __slots__ = ("fam_lr", "head_lr", "lr_decay", "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "batch_size", "local_epochs", "kd_weight", "kd_temperature", "contrastive", "use_contrastive", "use_head_ce", "use_kd", "head_hidden")
+    FAM_LR_FIELD_NUMBER: _ClassVar[int]
+    HEAD_LR_FIELD_NUMBER: _ClassVar[int]
+    LR_DECAY_FIELD_NUMBER: _ClassVar[int]
+    ADAM_BETA1_FIELD_NUMBER: _ClassVar[int]
+    ADAM_BETA2_FIELD_NUMBER: _ClassVar[int]
+    ADAM_EPS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    KD_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    KD_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    CONTRASTIVE_FIELD_NUMBER: _ClassVar[int]
+    USE_CONTRASTIVE_FIELD_NUMBER: _ClassVar[int]
+    USE_HEAD_CE_FIELD_NUMBER: _ClassVar[int]
+    USE_KD_FIELD_NUMBER: _ClassVar[int]
+    HEAD_HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    fam_lr: float
+    head_lr: float
+    lr_decay: float
+    adam_beta1: float
+    adam_beta2: float
+    adam_eps: float
+    weight_decay: float
+    batch_size: int
+    local_epochs: int
+    kd_weight: float
+    kd_temperature: float
+    contrastive: Contrastive
+    use_contrastive: bool
+    use_head_ce: bool
+    use_kd: bool
+    head_hidden: int
+    def __init__(self, fam_lr: _Optional[float] = ..., head_lr: _Optional[float] = ..., lr_decay: _Optional[float] = ..., adam_beta1: _Optional[float] = ..., adam_beta2: _Optional[float] = ..., adam_eps: _Optional[float] = ..., weight_decay: _Optional[float] = ..., batch_size: _Optional[int] = ..., local_epochs: _Optional[int] = ..., kd_weight: _Optional[float] = ..., kd_temperature: _Optional[float] = ..., contrastive: _Optional[_Union[Contrastive, str]] = ..., use_contrastive: _Optional[bool] = ..., use_head_ce: _Optional[bool] = ..., use_kd: _Optional[bool] = ..., head_hidden: _Optional[int] = ...) -> None: ...
+
+class CodecConfig(_message.Message):
+    __slots__ = ("rho", "quantization", "compression")
+    RHO_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    rho: float
+    quantization: Quantization
+    compression: Compression
+    def __init__(self, rho: _Optional[float] = ..., quantization: _Optional[_Union[Quantization, str]] = ..., compression: _Optional[_Union[Compression, str]] = ...) -> None: ...
+
+class RunConfig(_message.Message):
+    __slots__ = ("backbone", "train", "codec", "rounds", "embed_dim", "min_sites", "round_timeout", "prompt_templates", "fam_seed")
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    EMBED_DIM_FIELD_NUMBER: _ClassVar[int]
+    MIN_SITES_FIELD_NUMBER: _ClassVar[int]
+    ROUND_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    FAM_SEED_FIELD_NUMBER: _ClassVar[int]
+    backbone: BackboneSpec
+    train: TrainConfig
+    codec: CodecConfig
+    rounds: int
+    embed_dim: int
+    min_sites: int
+    round_timeout: _duration_pb2.Duration
+    prompt_templates: _containers.RepeatedScalarFieldContainer[str]
+    fam_seed: int
+    def __init__(self, backbone: _Optional[_Union[BackboneSpec, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., codec: _Optional[_Union[CodecConfig, _Mapping]] = ..., rounds: _Optional[int] = ..., embed_dim: _Optional[int] = ..., min_sites: _Optional[int] = ..., round_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., prompt_templates: _Optional[_Iterable[str]] = ..., fam_seed: _Optional[int] = ...) -> None: ...
+
+class ModelChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: ModelHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[ModelHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ModelHeader(_message.Message):
+    __slots__ = ("version", "sha256", "total_bytes", "format")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    sha256: str
+    total_bytes: int
+    format: ModelFormat
+    def __init__(self, version: _Optional[int] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ..., format: _Optional[_Union[ModelFormat, str]] = ...) -> None: ...
+
+class SiteInfo(_message.Message):
+    __slots__ = ("platform", "torch_version", "device")
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    TORCH_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    platform: str
+    torch_version: str
+    device: str
+    def __init__(self, platform: _Optional[str] = ..., torch_version: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
