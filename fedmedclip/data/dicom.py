@@ -1,0 +1,128 @@
+"""DICOM decoding (DESIGN.md §8): a Part-10 file's first frame as an 8-bit RGB ``PIL.Image``.
+
+What it does, in the order a viewer would:
+1. the modality transform (Rescale Slope/Intercept or a Modality LUT) turns stored values into real units;
+2. windowing: the file's first Window Center/Width (the linear DICOM formula, PS3.3 C.11.2.1.2) when present,
+   otherwise the image's own min..max — so a CT without window tags is not all grey;
+3. MONOCHROME1 (bright = low value, common for CR/DX) is inverted so that every image reads like MONOCHROME2;
+4. colour images (RGB, YBR converted by pydicom, PALETTE COLOR through its lookup table) are scaled to 8 bits.
+Multi-frame files give their first frame. Every failure — not DICOM, truncated pixel data, a compressed
+transfer syntax with no decoder installed, too many pixels — is one ``ImageDecodeError`` with a reason.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from fedmedclip.data.images import ImageDecodeError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+_PREAMBLE = 128
+_MAGIC = b"DICM"
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # rows × columns × frames × samples; decoding allocates several copies
+
+
+def looks_like_dicom(data: bytes) -> bool:
+    """A DICOM Part-10 file: a 128-byte preamble then ``DICM``. Files without the preamble are not accepted."""
+    return len(data) >= _PREAMBLE + len(_MAGIC) and data[_PREAMBLE : _PREAMBLE + len(_MAGIC)] == _MAGIC
+
+
+def decode_dicom(
+    data: bytes, path: str | os.PathLike[str] = "<bytes>", *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Decode a DICOM file's first frame to RGB, or raise ``ImageDecodeError``."""
+    import pydicom  # imported here: only DICOM callers pay for it
+    from pydicom.errors import InvalidDicomError
+
+    if not data:
+        raise ImageDecodeError(path, "empty file")
+    if not looks_like_dicom(data):
+        raise ImageDecodeError(path, "not a DICOM Part-10 file (no 'DICM' marker after the 128-byte preamble)")
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError as error:
+        raise ImageDecodeError(path, f"invalid DICOM: {error}") from error
+    except Exception as error:  # pydicom raises many unrelated types for truncated or corrupt headers
+        raise ImageDecodeError(path, f"unreadable DICOM header ({error.__class__.__name__}: {error})") from error
+    if "PixelData" not in dataset:
+        raise ImageDecodeError(path, "the DICOM file has no pixel data")
+    try:
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+        samples = int(getattr(dataset, "SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as error:
+        raise ImageDecodeError(path, f"the DICOM image size is missing or invalid ({error})") from error
+    if rows < 1 or columns < 1 or frames < 1:
+        raise ImageDecodeError(path, f"the DICOM image size {rows}x{columns}x{frames} is invalid")
+    if rows * columns * frames * samples > max_pixels:
+        raise ImageDecodeError(path, f"the DICOM image has {rows}x{columns}x{frames} pixels, over the limit")
+    try:
+        pixels = np.asarray(dataset.pixel_array)
+        if frames > 1:
+            pixels = pixels[0]
+        return _to_rgb(dataset, pixels)
+    except ImageDecodeError:
+        raise
+    except Exception as error:  # truncated pixel data, unsupported compression, inconsistent tags...
+        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        hint = f" (transfer syntax {syntax.name})" if syntax is not None and hasattr(syntax, "name") else ""
+        raise ImageDecodeError(path, f"cannot decode the DICOM pixel data{hint}: {error}") from error
+
+
+def _to_rgb(dataset: Dataset, pixels: np.ndarray) -> Image.Image:
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
+
+    photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric == "PALETTE COLOR":
+        colour = np.asarray(apply_color_lut(pixels, dataset))
+        return Image.fromarray(_stretch(colour.astype(np.float64), 0.0, float(colour.max() or 1)), "RGB")
+    if pixels.ndim == 3 and pixels.shape[-1] == 3:  # RGB; pydicom has already converted YBR to RGB
+        high = float(2 ** int(getattr(dataset, "BitsStored", 8)) - 1)
+        return Image.fromarray(_stretch(pixels.astype(np.float64), 0.0, high), "RGB")
+    if pixels.ndim != 2:
+        raise ImageDecodeError("<dicom>", f"unsupported pixel layout {pixels.shape} for {photometric}")
+    values = np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float64)
+    low, high = _window(dataset, values)
+    grey = _stretch(values, low, high)
+    if photometric == "MONOCHROME1":
+        grey = 255 - grey
+    return Image.fromarray(grey, "L").convert("RGB")
+
+
+def _window(dataset: Dataset, values: np.ndarray) -> tuple[float, float]:
+    """The value range mapped to black..white: the file's first window, else the image's own range."""
+    center = _first_number(getattr(dataset, "WindowCenter", None))
+    width = _first_number(getattr(dataset, "WindowWidth", None))
+    if center is not None and width is not None and width >= 1:
+        # DICOM's linear window: values at or below c - 0.5 - (w-1)/2 are black, at or above c - 0.5 + (w-1)/2 white.
+        return center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    return float(finite.min()), float(finite.max())
+
+
+def _first_number(value: object) -> float | None:
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):  # a multi-valued tag: take the first
+        value = value[0] if len(value) else None
+    if value is None:
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    scale = 255.0 / (high - low) if high > low else 0.0
+    scaled = np.nan_to_num((values - low) * scale, nan=0.0, posinf=255.0, neginf=0.0)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

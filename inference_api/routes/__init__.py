@@ -1,0 +1,1 @@
+"""HTTP routes. Each handler checks access, then calls one function of ``inference_api.service``."""

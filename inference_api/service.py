@@ -1,0 +1,142 @@
+"""The data plane: plain functions the routes call. No FastAPI here, so they are easy to test and reuse."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import anyio.to_thread
+import torch
+
+from fedmedclip.bundle import list_versions
+from fedmedclip.model.ensemble import EnsembleOutput
+from inference_api.batcher import MicroBatcher
+from inference_api.decoding import Upload, prepare_batch
+from inference_api.errors import NoBundleError, NoImagesError, TooManyImagesError, UnknownSiteError
+from inference_api.keys import Principal
+from inference_api.metrics import ApiMetrics
+from inference_api.registry import LoadedBundle, ModelRegistry, SiteState
+from inference_api.schemas import (
+    Contributions,
+    ImagePrediction,
+    PredictResponse,
+    Readiness,
+    SiteDetail,
+    SitesResponse,
+    SiteSummary,
+)
+from inference_api.settings import ApiSettings
+
+
+@dataclass
+class Services:
+    """What the lifespan builds and the routes use."""
+
+    settings: ApiSettings
+    registry: ModelRegistry
+    batcher: MicroBatcher
+    metrics: ApiMetrics
+
+
+def site_state(services: Services, site: str) -> SiteState:
+    state = services.registry.get(site)
+    if state is None:
+        raise UnknownSiteError(f"unknown site {site[:100]!r}")
+    return state
+
+
+def loaded_bundle(services: Services, site: str) -> LoadedBundle:
+    state = site_state(services, site)
+    if state.loaded is None:
+        raise NoBundleError(f"site {site!r} has no verified bundle yet; the agent publishes one after its first round")
+    return state.loaded
+
+
+async def predict(services: Services, site: str, uploads: Sequence[Upload]) -> PredictResponse:
+    """Classify every upload with ``site``'s current bundle; the response names the version that answered."""
+    limits = services.settings
+    if not uploads:
+        raise NoImagesError("no image in the request: send one or more files in the multipart field 'files'")
+    if len(uploads) > limits.max_images:
+        raise TooManyImagesError(f"{len(uploads)} images in one request; the limit is {limits.max_images}")
+    # Taken once: a hot swap during this request does not change which bundle answers it.
+    loaded = loaded_bundle(services, site)
+    backbone = services.registry.backbone
+    pixels = await anyio.to_thread.run_sync(prepare_batch, uploads, backbone.preprocess, limits.max_image_pixels)
+    output = await services.batcher.run(pixels, loaded.classifier)
+    services.metrics.images.labels(site).inc(len(uploads))
+    bundle = loaded.bundle
+    return PredictResponse(
+        site=site,
+        bundle_version=bundle.version,
+        fam_version=bundle.fam_version,
+        classes=list(bundle.classes),
+        predictions=[_prediction(bundle.classes, output, i, u.filename) for i, u in enumerate(uploads)],
+    )
+
+
+def _prediction(classes: Sequence[str], output: EnsembleOutput, i: int, filename: str | None) -> ImagePrediction:
+    alpha = _finite(float(output.alpha[i]))
+    return ImagePrediction(
+        filename=filename,
+        predicted_class=classes[int(output.probs[i].argmax())],
+        probabilities=_per_class(classes, output.probs[i]),
+        zero_shot=_per_class(classes, output.zero_shot[i]),
+        head=_per_class(classes, output.head[i]) if output.head is not None else None,
+        alpha=alpha,
+        contributions=Contributions(zero_shot=1.0 - alpha, head=alpha),
+    )
+
+
+def _per_class(classes: Sequence[str], probs: torch.Tensor) -> dict[str, float]:
+    return {name: _finite(float(p)) for name, p in zip(classes, probs.tolist(), strict=True)}
+
+
+def _finite(value: float) -> float:
+    # JSON has no NaN; a verified bundle should never produce one, but a response must always serialise.
+    return value if math.isfinite(value) else 0.0
+
+
+def _summary(state: SiteState) -> SiteSummary:
+    bundle = state.loaded.bundle if state.loaded is not None else None
+    return SiteSummary(
+        site=state.name,
+        ready=bundle is not None,
+        version=bundle.version if bundle else None,
+        classes=list(bundle.classes) if bundle else [],
+        has_head=bool(bundle and bundle.has_head),
+    )
+
+
+def list_sites(services: Services, principal: Principal) -> SitesResponse:
+    """The sites this key may use (others are not even named)."""
+    return SitesResponse(
+        sites=[_summary(state) for state in services.registry.sites() if principal.may_use(state.name)]
+    )
+
+
+def describe_site(services: Services, site: str) -> SiteDetail:
+    state = site_state(services, site)
+    bundle = state.loaded.bundle if state.loaded is not None else None
+    return SiteDetail(
+        **_summary(state).model_dump(),
+        current=state.pointer,
+        versions=list_versions(services.registry.root, site),
+        fam_version=bundle.fam_version if bundle else None,
+        created=bundle.created if bundle else None,
+        prompts=list(bundle.prompts) if bundle else [],
+        metrics=dict(bundle.metrics) if bundle else {},
+        backbone=bundle.backbone.spec.describe() if bundle else None,
+        last_error=state.error,
+    )
+
+
+def readiness(services: Services | None) -> Readiness:
+    if services is None:
+        return Readiness(ready=False, backbone=None, sites_ready=0)
+    return Readiness(
+        ready=services.registry.ready,
+        backbone=services.registry.backbone.spec.describe(),
+        sites_ready=sum(1 for state in services.registry.sites() if state.loaded is not None),
+    )

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs Debian's Chromium for the browser tests (DESIGN.md §10). Idempotent: does nothing when
+# /usr/bin/chromium is already there. Playwright drives this binary; it never downloads a browser of its own.
+set -euo pipefail
+
+if [[ -x /usr/bin/chromium ]]; then
+  echo "chromium already installed: $(/usr/bin/chromium --version 2>/dev/null || echo /usr/bin/chromium)"
+  exit 0
+fi
+
+SUDO=""
+if [[ "$(id -u)" != "0" ]]; then
+  SUDO="sudo"
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update
+$SUDO apt-get install -y --no-install-recommends chromium fonts-dejavu-core
+/usr/bin/chromium --version || true
