@@ -79,3 +79,24 @@ class MaskedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, tau={self.tau}"
+
+    @torch.no_grad()
+    def to_linear(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with the current mask folded into its weight (for inference)."""
+        linear = nn.Linear(self.in_features, self.out_features, device=self.weight.device, dtype=self.weight.dtype)
+        linear.weight.copy_(self.weight * self.alive_rows().to(self.weight.dtype).unsqueeze(1))
+        linear.bias.copy_(self.bias)
+        return linear.requires_grad_(False)
+
+
+def fold_masks(module: nn.Module) -> nn.Module:
+    """Replace every ``MaskedLinear`` inside ``module`` by its folded ``nn.Linear``, in place.
+
+    Inference then skips recomputing row scores and masks on every call; outputs are unchanged.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, MaskedLinear):
+            setattr(module, name, child.to_linear())
+        else:
+            fold_masks(child)
+    return module

@@ -9,6 +9,7 @@ import torch
 from fedmedclip.model.ensemble import EnsembleOutput, ensemble
 from fedmedclip.model.fam import build_fam
 from fedmedclip.model.head import DEFAULT_HIDDEN, build_head
+from fedmedclip.model.masked import fold_masks
 
 
 class PersonalisedClassifier:
@@ -27,8 +28,10 @@ class PersonalisedClassifier:
             raise ValueError(f"{len(classes)} classes but {text_prototypes.shape[0]} text prototypes")
         dim = text_prototypes.shape[1]
         self.classes = list(classes)
-        self.fam = build_fam(dim, fam_state).eval()
-        self.head = build_head(dim, len(classes), head_state, hidden=head_hidden).eval() if head_state else None
+        # Masks are fixed at inference: fold them into plain linear layers once instead of on every call.
+        self.fam = fold_masks(build_fam(dim, fam_state).eval())
+        head = build_head(dim, len(classes), head_state, hidden=head_hidden).eval() if head_state else None
+        self.head = fold_masks(head) if head is not None else None
         self.text_prototypes = text_prototypes.float()
         self.logit_scale = logit_scale
 

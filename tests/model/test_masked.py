@@ -56,3 +56,17 @@ def test_default_initialisation_keeps_every_row_alive():
     layer = MaskedLinear(512, 512)
     assert bool(layer.alive_rows().all())
     assert float(layer.weight.detach().abs().mean(dim=1).min()) > MASK_THRESHOLD
+
+
+def test_folding_masks_keeps_outputs_and_removes_masked_layers():
+    from fedmedclip.model.fam import build_fam
+    from fedmedclip.model.masked import fold_masks
+
+    fam = build_fam(8, seed=0).eval()
+    with torch.no_grad():
+        fam.m1.kappa[:3] = 1.0  # kill three rows so the fold has a mask to apply
+    x = torch.randn(4, 8)
+    expected = fam(x)
+    folded = fold_masks(fam)
+    assert not any(isinstance(m, MaskedLinear) for m in folded.modules())
+    assert torch.allclose(folded(x), expected, atol=1e-6)
