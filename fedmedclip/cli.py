@@ -89,8 +89,10 @@ def demo(
 
 def _register_service_groups() -> None:
     """Each service owns its command group; their modules import only typer at the top, so this is cheap."""
+    from aggregator_service.cli import app as aggregator_app
     from inference_api.cli import app as api_app
 
+    app.add_typer(aggregator_app, name="aggregator", help="The aggregator: rounds, sites and FAM versions over gRPC.")
     app.add_typer(api_app, name="api", help="The inference API: serve each site's classifier over REST.")
 
 

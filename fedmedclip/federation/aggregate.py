@@ -93,11 +93,16 @@ def aggregate(
     updates: Sequence[SiteUpdate],
     weighting: Weighting = "samples",
     norm_bound: float | None = None,
+    *,
+    prevalidated: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The next global FAM from ``global_state`` and the sites' updates; no input is modified.
 
     Every update is validated before any arithmetic: one bad update raises ``UpdateRejected`` (naming the
     site and tensor) and nothing is averaged; the caller decides whether to drop it and call again.
+    ``prevalidated=True`` skips that step for a caller that ran ``validate_update`` on each update with the
+    same shapes and norm bound when it accepted it (the aggregator does, at upload time): re-checking 100
+    updates would cost a third of the round-close time.
     """
     if not updates:
         raise ValueError("aggregate: no updates to aggregate")
@@ -110,8 +115,9 @@ def aggregate(
         if not tensor.is_floating_point() or tensor.dim() not in (1, 2):
             raise ValueError(f"aggregate: global tensor {name!r} must be a 1-D or 2-D float tensor")
     shapes = {name: tuple(tensor.shape) for name, tensor in global_state.items()}
-    for site_update in updates:
-        validate_update(site_update.update, shapes, norm_bound, site_update.site, site_update.num_samples)
+    if not prevalidated:
+        for site_update in updates:
+            validate_update(site_update.update, shapes, norm_bound, site_update.site, site_update.num_samples)
 
     # Sorted by site and summed in float64: the result does not depend on arrival order.
     ordered = sorted(updates, key=lambda u: u.site)
@@ -127,8 +133,8 @@ def aggregate(
             weight = float(site_update.num_samples) if weighting == "samples" else 1.0
             values = sent.values.to("cpu", torch.float64).reshape(-1, numerator.shape[1])
             index = torch.arange(rows) if sent.rows is None else sent.rows.cpu()
-            numerator[index] += weight * values
-            weight_sum[index] += weight
+            numerator.index_add_(0, index, values, alpha=weight)
+            weight_sum.index_add_(0, index, torch.full((index.numel(),), weight, dtype=torch.float64))
         mean = numerator / weight_sum.clamp(min=1.0).unsqueeze(1)  # unsent rows: 0 / 1 = no change
         result[name] = (tensor.detach().to("cpu", torch.float64) + mean.reshape(tensor.shape)).to(torch.float32)
     return result

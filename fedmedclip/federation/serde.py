@@ -10,7 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from google.protobuf import duration_pb2
+
+from fedmedclip.federation.aggregate import Weighting
 from fedmedclip.federation.codec import CodecConfig, Compression, Quantization
+from fedmedclip.federation.run_config import BackboneRef, LatePolicy, RunConfig
 from fedmedclip.rpc.v1 import common_pb2 as pb
 from fedmedclip.training.config import Contrastive, TrainConfig
 
@@ -136,3 +140,78 @@ def backbone_spec_from_proto(message: pb.BackboneSpec) -> tuple[BackboneSpec, st
         seed=message.seed,
     )
     return spec, message.weights_digest
+
+
+# --- run configuration (fedmedclip.federation.run_config) ----------------------------------------------
+
+_LATE_POLICY: dict[LatePolicy, pb.LatePolicy] = {
+    "accept_until_quorum": pb.LATE_POLICY_ACCEPT_UNTIL_QUORUM,
+    "reopen": pb.LATE_POLICY_REOPEN,
+}
+_WEIGHTING: dict[Weighting, pb.Weighting] = {"samples": pb.WEIGHTING_SAMPLES, "uniform": pb.WEIGHTING_UNIFORM}
+
+
+def backbone_ref_to_proto(ref: BackboneRef) -> pb.BackboneSpec:
+    message = pb.BackboneSpec(
+        model=ref.model,
+        weights_digest=ref.weights_digest,
+        preprocess=_PREPROCESS[ref.preprocess],
+        seed=ref.seed,
+    )
+    if ref.weights is not None:
+        message.weights = ref.weights
+    return message
+
+
+def backbone_ref_from_proto(message: pb.BackboneSpec) -> BackboneRef:
+    """Like ``backbone_spec_from_proto`` without importing open_clip (the aggregator never loads CLIP)."""
+    if not message.model:
+        raise ValueError("backbone spec without a model name")
+    return BackboneRef(
+        model=message.model,
+        weights=message.weights if message.HasField("weights") else None,
+        weights_digest=message.weights_digest,
+        preprocess=_enum_from_proto(_PREPROCESS, message.preprocess, "preprocess", BackboneRef().preprocess),
+        seed=message.seed,
+    )
+
+
+def run_config_to_proto(config: RunConfig) -> pb.RunConfig:
+    timeout = duration_pb2.Duration()
+    timeout.FromNanoseconds(round(config.round_timeout_s * 1e9))
+    message = pb.RunConfig(
+        backbone=backbone_ref_to_proto(config.backbone),
+        train=train_config_to_proto(config.train),
+        codec=codec_config_to_proto(config.codec),
+        rounds=config.rounds,
+        embed_dim=config.embed_dim,
+        min_sites=config.min_sites,
+        round_timeout=timeout,
+        prompt_templates=list(config.prompt_templates),
+        fam_seed=config.fam_seed,
+        late_policy=_LATE_POLICY[config.late_policy],
+        weighting=_WEIGHTING[config.weighting],
+    )
+    if config.norm_bound is not None:
+        message.norm_bound = config.norm_bound
+    return message
+
+
+def run_config_from_proto(message: pb.RunConfig) -> RunConfig:
+    """Raises ``ValueError`` naming the problem for a config that cannot run (no embed_dim, no rounds...)."""
+    defaults = RunConfig(embed_dim=1)
+    timeout = message.round_timeout.ToNanoseconds() / 1e9 if message.HasField("round_timeout") else None
+    return RunConfig(
+        embed_dim=message.embed_dim,
+        rounds=message.rounds,
+        min_sites=message.min_sites,
+        round_timeout_s=timeout if timeout is not None else defaults.round_timeout_s,
+        late_policy=_enum_from_proto(_LATE_POLICY, message.late_policy, "late policy", defaults.late_policy),
+        weighting=_enum_from_proto(_WEIGHTING, message.weighting, "weighting", defaults.weighting),
+        norm_bound=message.norm_bound if message.HasField("norm_bound") else None,
+        fam_seed=message.fam_seed,
+        backbone=backbone_ref_from_proto(message.backbone) if message.HasField("backbone") else BackboneRef(),
+        train=train_config_from_proto(message.train),
+        codec=codec_config_from_proto(message.codec),
+        prompt_templates=tuple(message.prompt_templates),
+    )

@@ -211,3 +211,12 @@ def test_codec_output_aggregates_to_the_decoded_mean() -> None:
         else:
             expected = (10 * dense[0] + 30 * dense[1]) / 40
         torch.testing.assert_close(new[name], expected.float(), rtol=1e-6, atol=1e-7)
+
+
+def test_prevalidated_updates_are_averaged_without_rechecking():
+    state = {"w": torch.zeros(2, 2)}
+    update = SparseUpdate({"w": SparseTensor((2, 2), None, torch.ones(2, 2))})
+    bad = SparseUpdate({"w": SparseTensor((2, 2), None, torch.full((2, 2), float("nan")))})
+    assert torch.equal(aggregate(state, [SiteUpdate("a", 1, update)], prevalidated=True)["w"], torch.ones(2, 2))
+    # The caller vouches for the inputs: a NaN it let through is not caught here (it is without the flag).
+    assert torch.isnan(aggregate(state, [SiteUpdate("a", 1, bad)], prevalidated=True)["w"]).all()

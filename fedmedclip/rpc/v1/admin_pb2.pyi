@@ -187,7 +187,7 @@ class ListVersionsResponse(_message.Message):
     def __init__(self, versions: _Optional[_Iterable[_Union[FamVersion, _Mapping]]] = ...) -> None: ...
 
 class FamVersion(_message.Message):
-    __slots__ = ("version", "run_id", "round", "parent_version", "sha256", "size_bytes", "format", "created_at")
+    __slots__ = ("version", "run_id", "round", "parent_version", "sha256", "size_bytes", "format", "created_at", "contributions")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +196,7 @@ class FamVersion(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
     version: int
     run_id: str
     round: int
@@ -204,7 +205,18 @@ class FamVersion(_message.Message):
     size_bytes: int
     format: _common_pb2.ModelFormat
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, version: _Optional[int] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., parent_version: _Optional[int] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., format: _Optional[_Union[_common_pb2.ModelFormat, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    contributions: _containers.RepeatedCompositeFieldContainer[VersionContribution]
+    def __init__(self, version: _Optional[int] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., parent_version: _Optional[int] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., format: _Optional[_Union[_common_pb2.ModelFormat, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., contributions: _Optional[_Iterable[_Union[VersionContribution, _Mapping]]] = ...) -> None: ...
+
+class VersionContribution(_message.Message):
+    __slots__ = ("site", "num_samples", "payload_bytes")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    num_samples: int
+    payload_bytes: int
+    def __init__(self, site: _Optional[str] = ..., num_samples: _Optional[int] = ..., payload_bytes: _Optional[int] = ...) -> None: ...
 
 class ExportVersionRequest(_message.Message):
     __slots__ = ("version",)

@@ -36,6 +36,18 @@ class Compression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COMPRESSION_ZLIB: _ClassVar[Compression]
     COMPRESSION_NONE: _ClassVar[Compression]
 
+class LatePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LATE_POLICY_UNSPECIFIED: _ClassVar[LatePolicy]
+    LATE_POLICY_ACCEPT_UNTIL_QUORUM: _ClassVar[LatePolicy]
+    LATE_POLICY_REOPEN: _ClassVar[LatePolicy]
+
+class Weighting(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WEIGHTING_UNSPECIFIED: _ClassVar[Weighting]
+    WEIGHTING_SAMPLES: _ClassVar[Weighting]
+    WEIGHTING_UNIFORM: _ClassVar[Weighting]
+
 class ModelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MODEL_FORMAT_UNSPECIFIED: _ClassVar[ModelFormat]
@@ -54,6 +66,12 @@ COMPRESSION_UNSPECIFIED: Compression
 COMPRESSION_ZSTD: Compression
 COMPRESSION_ZLIB: Compression
 COMPRESSION_NONE: Compression
+LATE_POLICY_UNSPECIFIED: LatePolicy
+LATE_POLICY_ACCEPT_UNTIL_QUORUM: LatePolicy
+LATE_POLICY_REOPEN: LatePolicy
+WEIGHTING_UNSPECIFIED: Weighting
+WEIGHTING_SAMPLES: Weighting
+WEIGHTING_UNIFORM: Weighting
 MODEL_FORMAT_UNSPECIFIED: ModelFormat
 MODEL_FORMAT_SAFETENSORS: ModelFormat
 
@@ -118,7 +136,7 @@ class CodecConfig(_message.Message):
     def __init__(self, rho: _Optional[float] = ..., quantization: _Optional[_Union[Quantization, str]] = ..., compression: _Optional[_Union[Compression, str]] = ...) -> None: ...
 
 class RunConfig(_message.Message):
-    __slots__ = ("backbone", "train", "codec", "rounds", "embed_dim", "min_sites", "round_timeout", "prompt_templates", "fam_seed")
+    __slots__ = ("backbone", "train", "codec", "rounds", "embed_dim", "min_sites", "round_timeout", "prompt_templates", "fam_seed", "late_policy", "weighting", "norm_bound")
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +146,9 @@ class RunConfig(_message.Message):
     ROUND_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     FAM_SEED_FIELD_NUMBER: _ClassVar[int]
+    LATE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTING_FIELD_NUMBER: _ClassVar[int]
+    NORM_BOUND_FIELD_NUMBER: _ClassVar[int]
     backbone: BackboneSpec
     train: TrainConfig
     codec: CodecConfig
@@ -137,7 +158,10 @@ class RunConfig(_message.Message):
     round_timeout: _duration_pb2.Duration
     prompt_templates: _containers.RepeatedScalarFieldContainer[str]
     fam_seed: int
-    def __init__(self, backbone: _Optional[_Union[BackboneSpec, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., codec: _Optional[_Union[CodecConfig, _Mapping]] = ..., rounds: _Optional[int] = ..., embed_dim: _Optional[int] = ..., min_sites: _Optional[int] = ..., round_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., prompt_templates: _Optional[_Iterable[str]] = ..., fam_seed: _Optional[int] = ...) -> None: ...
+    late_policy: LatePolicy
+    weighting: Weighting
+    norm_bound: float
+    def __init__(self, backbone: _Optional[_Union[BackboneSpec, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., codec: _Optional[_Union[CodecConfig, _Mapping]] = ..., rounds: _Optional[int] = ..., embed_dim: _Optional[int] = ..., min_sites: _Optional[int] = ..., round_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., prompt_templates: _Optional[_Iterable[str]] = ..., fam_seed: _Optional[int] = ..., late_policy: _Optional[_Union[LatePolicy, str]] = ..., weighting: _Optional[_Union[Weighting, str]] = ..., norm_bound: _Optional[float] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
     __slots__ = ("header", "data")

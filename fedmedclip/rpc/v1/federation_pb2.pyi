@@ -107,7 +107,7 @@ class UpdateChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("run_id", "round", "base_version", "num_samples", "metrics", "codec", "sha256", "total_bytes")
+    __slots__ = ("run_id", "round", "base_version", "num_samples", "metrics", "codec", "sha256", "total_bytes", "site")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +123,7 @@ class UpdateHeader(_message.Message):
     CODEC_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     base_version: int
@@ -131,7 +132,8 @@ class UpdateHeader(_message.Message):
     codec: _common_pb2.CodecConfig
     sha256: str
     total_bytes: int
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., codec: _Optional[_Union[_common_pb2.CodecConfig, _Mapping]] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+    site: str
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., codec: _Optional[_Union[_common_pb2.CodecConfig, _Mapping]] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ..., site: _Optional[str] = ...) -> None: ...
 
 class SubmitUpdateResponse(_message.Message):
     __slots__ = ("accepted", "duplicate", "message")

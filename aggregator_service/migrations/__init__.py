@@ -1,0 +1,1 @@
+"""Alembic migrations of the aggregator's database, applied by the service on start (``upgrade head``)."""

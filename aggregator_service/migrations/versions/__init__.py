@@ -1,0 +1,1 @@
+"""One module per migration, in ``down_revision`` order."""

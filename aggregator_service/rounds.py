@@ -1,0 +1,225 @@
+"""Round life: OPEN → AGGREGATING → CLOSED (new FAM version committed with the closing), or ABANDONED.
+
+One engine thread per server decides when the active run's round closes and does the closing, so rounds
+close one at a time; the store's state checks keep that true even with a second server on the database.
+A round closes once it has quorum (``min_sites`` accepted updates) and either every enabled site reported
+or its deadline passed. Past the deadline without quorum, the run's late policy decides: keep accepting
+until quorum, or abandon the round and reopen a new one from the same FAM version.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta
+from typing import Literal
+
+import torch
+
+from aggregator_service.context import Services
+from aggregator_service.errors import FailedPrecondition
+from aggregator_service.fam_bytes import fam_from_bytes, fam_to_bytes, sha256_hex
+from aggregator_service.logs import event
+from aggregator_service.store.base import NewVersion, RoundRecord, RoundState, RunRecord, RunState, UpdateRecord
+from fedmedclip.federation.aggregate import SiteUpdate, aggregate
+from fedmedclip.federation.codec import decode_update
+from fedmedclip.federation.errors import FederationError
+from fedmedclip.federation.run_config import RunConfig
+
+log = logging.getLogger("aggregator_service.rounds")
+
+Decision = Literal["wait", "close", "abandon"]
+IDLE_CHECK_S = 1.0  # how often the engine looks at the clock when nothing wakes it
+
+
+def weighted_metrics(updates: list[UpdateRecord]) -> dict[str, float]:
+    """Sample-weighted mean of each metric over the updates that reported it."""
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for update in updates:
+        for key, value in update.metrics.items():
+            sums[key] = sums.get(key, 0.0) + value * update.num_samples
+            weights[key] = weights.get(key, 0.0) + update.num_samples
+    return {key: sums[key] / weights[key] for key in sorted(sums) if weights[key] > 0}
+
+
+def decide(accepted: int, enabled_sites: int, config: RunConfig, deadline: datetime, now: datetime) -> Decision:
+    """What an OPEN round should do now; a pure function of its counts, its config and the clock."""
+    past_deadline = now >= deadline
+    if accepted >= config.min_sites and (accepted >= enabled_sites or past_deadline):
+        return "close"
+    if past_deadline and config.late_policy == "reopen":
+        return "abandon"
+    return "wait"
+
+
+class RoundEngine:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    def run(self, stop: threading.Event) -> None:
+        """Step until ``stop`` is set, sleeping until woken (a submission, an admin action) or a deadline."""
+        while not stop.is_set():
+            generation = self.svc.notifier.generation
+            try:
+                sleep_s = self.step()
+            except Exception:  # a database hiccup must not kill the engine; the next step retries
+                log.exception("round engine step failed; retrying")
+                sleep_s = IDLE_CHECK_S
+            if stop.is_set() or self.svc.notifier.closed:
+                break
+            if sleep_s > 0:
+                self.svc.notifier.wait(generation, sleep_s)
+
+    def resume(self) -> None:
+        """On start: decode the open round's stored updates again, so closing it stays fast."""
+        run = self.svc.store.active_run()
+        current = None if run is None else self.svc.store.current_round(run.id)
+        if run is None or current is None:
+            return
+        config = RunConfig.from_dict(run.config)
+        updates = self.svc.store.list_updates(current.id)
+        if current.state == RoundState.OPEN:
+            for update_id, site_update in self._decode(updates, current).items():
+                self.svc.pending.put(current.id, update_id, site_update)
+        self.svc.metrics.current_round.set(current.number)
+        self.svc.metrics.latest_version.set(run.latest_version)
+        event(
+            log,
+            "resumed run",
+            run=run.id,
+            round=current.number,
+            state=current.state.value,
+            accepted=len(updates),
+            min_sites=config.min_sites,
+            version=current.input_version,
+        )
+
+    def step(self) -> float:
+        """Act on the active run's current round once; returns how long to sleep before the next step."""
+        store = self.svc.store
+        run = store.active_run()
+        current = None if run is None else store.current_round(run.id)
+        if run is None or current is None:
+            return IDLE_CHECK_S
+        config = RunConfig.from_dict(run.config)
+        if current.state == RoundState.AGGREGATING:  # left so by a crash, or by a failed commit: finish it
+            self._close(run, config, current)
+            return 0.0
+        if current.state != RoundState.OPEN:
+            return IDLE_CHECK_S
+        now = self.svc.clock()
+        accepted = len(store.list_updates(current.id))
+        decision = decide(accepted, store.count_enabled_sites(), config, current.deadline, now)
+        if decision == "close":
+            if store.begin_aggregation(current.id):
+                self._close(run, config, current)
+            return 0.0
+        if decision == "abandon":
+            self._abandon(run, config, current, accepted, now)
+            return 0.0
+        until_deadline = (current.deadline - now).total_seconds()
+        return min(IDLE_CHECK_S, until_deadline) if until_deadline > 0 else IDLE_CHECK_S
+
+    def _abandon(self, run: RunRecord, config: RunConfig, current: RoundRecord, accepted: int, now: datetime) -> None:
+        reason = f"deadline passed with {accepted} of {config.min_sites} required updates"
+        if self.svc.store.abandon_round(current.id, reason, now, now + timedelta(seconds=config.round_timeout_s)):
+            self.svc.pending.forget_round(current.id)
+            self.svc.metrics.rounds.labels(RoundState.ABANDONED.value).inc()
+            self.svc.metrics.current_round.set(current.number + 1)
+            event(log, "round abandoned; reopened", logging.WARNING, run=run.id, round=current.number, reason=reason)
+            self.svc.notifier.notify()
+
+    def _close(self, run: RunRecord, config: RunConfig, current: RoundRecord) -> None:
+        """Aggregate the round's accepted updates and commit the new version with the round's closing."""
+        store = self.svc.store
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        updates = store.list_updates(current.id)
+        try:
+            decoded = self._decode(updates, current)
+            parent = self._state(current.input_version, config.embed_dim)
+            site_updates = [decoded[u.id] for u in updates]
+            # Each update passed validate_update with these shapes and bound when it was accepted.
+            new_state = aggregate(parent, site_updates, config.weighting, config.norm_bound, prevalidated=True)
+        except (FederationError, ValueError, KeyError) as exc:
+            # Deterministic: retrying would fail the same way, so the run stops with the reason.
+            message = f"aggregation of round {current.number} failed: {exc}"
+            store.finish_run(run.id, RunState.FAILED, message, self.svc.clock())
+            event(log, "run failed", logging.ERROR, run=run.id, round=current.number, reason=message)
+            self.svc.notifier.notify()
+            return
+        aggregated = time.perf_counter()
+        data = fam_to_bytes(new_state)
+        final = store.count_closed_rounds(run.id) + 1 >= config.rounds
+        now = self.svc.clock()
+        try:
+            version, following = store.commit_round(
+                current.id,
+                NewVersion(data, sha256_hex(data), current.input_version),
+                [u.id for u in updates],
+                weighted_metrics(updates),
+                now,
+                None if final else now + timedelta(seconds=config.round_timeout_s),
+            )
+        except FailedPrecondition as exc:  # the run was stopped meanwhile: nothing to commit
+            event(log, "round not committed", logging.WARNING, run=run.id, round=current.number, reason=exc.message)
+            self.svc.pending.forget_round(current.id)
+            return
+        committed = time.perf_counter()
+        close_cpu_s = time.thread_time() - started_cpu  # this thread's own work: robust to a busy machine
+        self.svc.models.put_bytes(version, data)
+        self.svc.models.put_state(version, new_state)
+        close_s = self._close_seconds(current, updates, committed)
+        self.svc.pending.forget_round(current.id)
+        metrics = self.svc.metrics
+        metrics.aggregation_seconds.observe(aggregated - started)
+        metrics.round_close_seconds.observe(close_s)
+        metrics.round_close_cpu_seconds.observe(close_cpu_s)
+        metrics.rounds.labels(RoundState.CLOSED.value).inc()
+        metrics.latest_version.set(version)
+        if following is not None:
+            metrics.current_round.set(following.number)
+        event(
+            log,
+            "round closed",
+            run=run.id,
+            round=current.number,
+            version=version,
+            parent=current.input_version,
+            sites=len(updates),
+            aggregate_ms=round((aggregated - started) * 1000, 2),
+            close_ms=round(close_s * 1000, 2),
+            close_cpu_ms=round(close_cpu_s * 1000, 2),
+            run_completed=final,
+        )
+        self.svc.notifier.notify()
+
+    def _close_seconds(self, current: RoundRecord, updates: list[UpdateRecord], committed: float) -> float:
+        """From the last accepted update to the commit; by wall clock if the update predates a restart."""
+        last = self.svc.pending.last_accept(current.id)
+        if last is not None:
+            return committed - last
+        newest = max(u.received_at for u in updates)
+        return max((self.svc.clock() - newest).total_seconds(), 0.0)
+
+    def _decode(self, updates: list[UpdateRecord], current: RoundRecord) -> dict[int, SiteUpdate]:
+        """Every update as a ``SiteUpdate``: from the cache, or decoded from its stored payload."""
+        found = self.svc.pending.get(current.id)
+        missing = [u for u in updates if u.id not in found]
+        payloads = self.svc.store.update_payloads([u.id for u in missing])
+        for update in missing:
+            found[update.id] = SiteUpdate(
+                update.site, update.num_samples, decode_update(payloads[update.id], update.sha256)
+            )
+        return {u.id: found[u.id] for u in updates}
+
+    def _state(self, version: int, dim: int) -> dict[str, torch.Tensor]:
+        state = self.svc.models.get_state(version)
+        if state is None:
+            data = self.svc.store.version_data(version)
+            if data is None:
+                raise ValueError(f"FAM version {version} is missing from the store")
+            state = fam_from_bytes(data, dim)
+            self.svc.models.put_state(version, state)
+        return state

@@ -1,0 +1,175 @@
+"""The aggregator's settings: one pydantic-settings class, env prefix ``FEDMEDCLIP_AGGREGATOR_``.
+
+Precedence, highest first: command-line flags, environment variables, the YAML file (``--config``),
+defaults. Validators refuse insecure combinations instead of warning about them: plaintext gRPC is only
+possible with ``insecure_loopback`` *and* a loopback bind address, and a weak admin token is refused.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "FEDMEDCLIP_AGGREGATOR_"
+MIN_ADMIN_TOKEN_CHARS = 24
+# Values people paste from examples; refused even when long enough.
+_WEAK_TOKENS = frozenset({"changeme", "change-me", "admin", "password", "secret", "token", "default"})
+_MESSAGE_OVERHEAD = 16 << 10  # room for a chunk message's framing around its data bytes
+
+
+class ConfigError(ValueError):
+    """The settings cannot start or reach the service; the message says which setting to fix."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1), False for anything else."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class AggregatorSettings(BaseSettings):
+    """Every setting of the aggregator service and of the admin CLI that talks to it."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+    _config_file: ClassVar[Path | None] = None
+
+    # --- serving ---------------------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Address the gRPC server binds.")
+    port: int = Field(default=50051, ge=0, le=65535, description="gRPC port; 0 picks a free port.")
+    database_url: str = Field(
+        default="sqlite:///fedmedclip-aggregator.sqlite3",
+        description="SQLAlchemy URL: sqlite:///FILE (default) or postgresql+psycopg://USER:PASS@HOST/DB.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="The admin credential (bearer token) for Admin RPCs."
+    )
+    insecure_loopback: bool = Field(default=False, description="Allow plaintext gRPC; only with a loopback host.")
+    tls_cert_file: Path | None = Field(default=None, description="PEM server certificate (chain).")
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of the server certificate.")
+    tls_client_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle; when set, clients need a cert (mTLS)."
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address of the Prometheus metrics HTTP endpoint.")
+    metrics_port: int | None = Field(
+        default=9464, ge=0, le=65535, description="Metrics port; 0 any free port; null off."
+    )
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- limits ----------------------------------------------------------------------------------------
+    max_message_bytes: int = Field(default=4 << 20, ge=64 << 10, description="Largest single gRPC message, both ways.")
+    max_update_bytes: int = Field(default=16 << 20, ge=1, description="Largest update payload a site may upload.")
+    chunk_bytes: int = Field(default=256 << 10, ge=1 << 10, description="Data bytes per streamed model chunk.")
+    max_workers: int = Field(default=64, ge=4, description="gRPC worker threads (long polls hold one each).")
+    poll_wait_cap_s: float = Field(default=20.0, gt=0, description="Longest a PollTask is held before a wait task.")
+    shutdown_grace_s: float = Field(default=10.0, ge=0, description="On SIGTERM, how long in-flight calls may finish.")
+    torch_threads: int = Field(
+        default=1, ge=1, description="torch intra-op threads; parallelism comes from concurrent requests instead."
+    )
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL", description="SQLite durability: FULL survives power loss; NORMAL (WAL) only process crashes."
+    )
+
+    # --- the admin CLI as a client ---------------------------------------------------------------------
+    admin_target: str | None = Field(default=None, description="host:port the CLI dials; default host:port above.")
+    admin_tls_ca_file: Path | None = Field(default=None, description="CA bundle the CLI verifies the server with.")
+    admin_tls_cert_file: Path | None = Field(default=None, description="Client certificate for mTLS (CLI).")
+    admin_tls_key_file: Path | None = Field(default=None, description="Client key for mTLS (CLI).")
+    admin_tls_server_name: str | None = Field(default=None, description="Name to check the server certificate against.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._config_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls._config_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> AggregatorSettings:
+        """Settings from flags (``overrides``; ``None`` values ignored), env, the YAML file and defaults."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        if config_file is None:
+            return cls(**given)
+        if not config_file.is_file():
+            raise ConfigError(f"config file {config_file} does not exist")
+        # A subclass that knows the file: settings sources are chosen per class, not per instance.
+        bound = type(cls.__name__, (cls,), {"_config_file": config_file})
+        return bound(**given)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if len(token) < MIN_ADMIN_TOKEN_CHARS or token.lower() in _WEAK_TOKENS or len(set(token)) < 8:
+            raise ValueError(
+                f"admin_token is too weak: use at least {MIN_ADMIN_TOKEN_CHARS} random characters, e.g. "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _secure_transport(self) -> AggregatorSettings:
+        if self.insecure_loopback and not is_loopback(self.host):
+            raise ValueError(
+                f"insecure_loopback is only allowed with a loopback host (127.0.0.1, ::1, localhost); host is "
+                f"{self.host!r}. Configure tls_cert_file and tls_key_file to serve on other addresses."
+            )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        if self.tls_cert_file is None and not self.insecure_loopback:
+            raise ValueError(
+                "no TLS configured: set tls_cert_file and tls_key_file, or allow plaintext on a loopback address "
+                "with insecure_loopback (--insecure-loopback)"
+            )
+        if (self.admin_tls_cert_file is None) != (self.admin_tls_key_file is None):
+            raise ValueError("admin_tls_cert_file and admin_tls_key_file must be set together")
+        if self.chunk_bytes + _MESSAGE_OVERHEAD > self.max_message_bytes:
+            raise ValueError(
+                f"chunk_bytes ({self.chunk_bytes}) must be at least {_MESSAGE_OVERHEAD} below max_message_bytes "
+                f"({self.max_message_bytes})"
+            )
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+    def require_admin_token(self) -> str:
+        """The admin token, or ``ConfigError`` saying how to set it."""
+        if self.admin_token is None:
+            raise ConfigError(f"no admin credential: set {ENV_PREFIX}ADMIN_TOKEN (or admin_token in the config file)")
+        return self.admin_token.get_secret_value()
+
+    def client_target(self) -> str:
+        """Where the admin CLI dials: ``admin_target``, else the serving host and port."""
+        if self.admin_target:
+            return self.admin_target
+        if self.port == 0:
+            raise ConfigError("port is 0 (any free port): tell the CLI where the server is with --server HOST:PORT")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104 - comparing
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"

@@ -1,0 +1,151 @@
+"""A run's configuration: what the aggregator fixes for a run and hands to every site on Join.
+
+Plain data with validation and a JSON form (the aggregator stores it as JSON); ``serde`` converts it to and
+from ``fedmedclip.rpc.v1.RunConfig``. It names the backbone by ``BackboneRef`` rather than
+``BackboneSpec`` because importing the backbone module loads open_clip, which the aggregator never needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from fedmedclip.federation.aggregate import Weighting
+from fedmedclip.federation.codec import CodecConfig
+from fedmedclip.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from fedmedclip.model.backbone import BackboneSpec
+
+LatePolicy = Literal["accept_until_quorum", "reopen"]
+PreprocessName = Literal["clip", "paper"]
+
+
+@dataclass(frozen=True)
+class BackboneRef:
+    """The frozen CLIP every site must use, as the wire describes it (``BackboneSpec`` + weights digest)."""
+
+    model: str = "ViT-B-32"
+    weights: str | None = "openai"
+    weights_digest: str = ""  # hex sha256 of the backbone's tensors; empty: unchecked
+    preprocess: PreprocessName = "clip"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("backbone model name is empty")
+        if self.preprocess not in ("clip", "paper"):
+            raise ValueError(f"backbone preprocess must be 'clip' or 'paper', got {self.preprocess!r}")
+        if self.seed < 0:
+            raise ValueError(f"backbone seed must be >= 0, got {self.seed}")
+
+    def to_spec(self) -> BackboneSpec:
+        """The ``BackboneSpec`` to load (imports open_clip)."""
+        from fedmedclip.model.backbone import BackboneSpec
+
+        return BackboneSpec(model=self.model, weights=self.weights, preprocess=self.preprocess, seed=self.seed)
+
+    @classmethod
+    def from_spec(cls, spec: BackboneSpec, weights_digest: str = "") -> BackboneRef:
+        return cls(spec.model, spec.weights, weights_digest, spec.preprocess, spec.seed)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything fixed for one run. ``embed_dim`` is the FAM width D (the backbone's embedding size)."""
+
+    embed_dim: int
+    rounds: int = 10
+    min_sites: int = 1  # quorum: a round closes only with at least this many accepted updates
+    round_timeout_s: float = 600.0  # a round's deadline is this long after it opens
+    late_policy: LatePolicy = "accept_until_quorum"
+    weighting: Weighting = "samples"
+    norm_bound: float | None = None  # L2 bound on an update's sent values; None: unbounded
+    fam_seed: int = 0  # seed of the initial FAM (version of round 0)
+    backbone: BackboneRef = field(default_factory=BackboneRef)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    prompt_templates: tuple[str, ...] = ()  # empty: the library default templates
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not _is_int(self.embed_dim) or self.embed_dim < 1:
+            problems.append(f"embed_dim must be an integer >= 1, got {self.embed_dim!r}")
+        if not _is_int(self.rounds) or self.rounds < 1:
+            problems.append(f"rounds must be an integer >= 1, got {self.rounds!r}")
+        if not _is_int(self.min_sites) or self.min_sites < 1:
+            problems.append(f"min_sites must be an integer >= 1, got {self.min_sites!r}")
+        if not _is_positive_finite(self.round_timeout_s):
+            problems.append(f"round_timeout_s must be a positive number, got {self.round_timeout_s!r}")
+        if self.late_policy not in ("accept_until_quorum", "reopen"):
+            problems.append(f"late_policy must be 'accept_until_quorum' or 'reopen', got {self.late_policy!r}")
+        if self.weighting not in ("samples", "uniform"):
+            problems.append(f"weighting must be 'samples' or 'uniform', got {self.weighting!r}")
+        if self.norm_bound is not None and not _is_positive_finite(self.norm_bound):
+            problems.append(f"norm_bound must be a positive number or absent, got {self.norm_bound!r}")
+        if not _is_int(self.fam_seed) or self.fam_seed < 0:
+            problems.append(f"fam_seed must be an integer >= 0, got {self.fam_seed!r}")
+        for template in self.prompt_templates:
+            if "{class}" not in template:
+                problems.append(f"prompt template {template!r} has no '{{class}}' placeholder")
+        if problems:
+            raise ValueError("invalid run config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form; ``from_dict`` reads it back."""
+        return {
+            "embed_dim": self.embed_dim,
+            "rounds": self.rounds,
+            "min_sites": self.min_sites,
+            "round_timeout_s": self.round_timeout_s,
+            "late_policy": self.late_policy,
+            "weighting": self.weighting,
+            "norm_bound": self.norm_bound,
+            "fam_seed": self.fam_seed,
+            "backbone": {
+                "model": self.backbone.model,
+                "weights": self.backbone.weights,
+                "weights_digest": self.backbone.weights_digest,
+                "preprocess": self.backbone.preprocess,
+                "seed": self.backbone.seed,
+            },
+            "train": self.train.to_dict(),
+            "codec": self.codec.to_dict(),
+            "prompt_templates": list(self.prompt_templates),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """Parse ``to_dict`` output (or a hand-written YAML/JSON run file); unknown keys are refused."""
+        values = dict(data)
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown run settings: {', '.join(unknown)}")
+        if "embed_dim" not in values:
+            raise ValueError("run config needs embed_dim (the backbone's embedding width, 512 for ViT-B-32)")
+        if isinstance(values.get("backbone"), Mapping):
+            backbone = dict(values["backbone"])
+            extra = sorted(set(backbone) - set(BackboneRef.__dataclass_fields__))
+            if extra:
+                raise ValueError(f"unknown backbone settings: {', '.join(extra)}")
+            values["backbone"] = BackboneRef(**backbone)
+        if isinstance(values.get("train"), Mapping):
+            values["train"] = TrainConfig.from_dict(dict(values["train"]))
+        if isinstance(values.get("codec"), Mapping):
+            values["codec"] = CodecConfig.from_dict(values["codec"])
+        if "prompt_templates" in values:
+            values["prompt_templates"] = tuple(values["prompt_templates"] or ())
+        try:
+            return cls(**values)
+        except TypeError as exc:  # a nested value of the wrong kind
+            raise ValueError(f"invalid run config: {exc}") from exc
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_positive_finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0

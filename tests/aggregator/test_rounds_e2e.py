@@ -1,0 +1,59 @@
+"""A full round over real sockets: join, poll, download, submit, close, lineage, next round."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from aggregator_service.fam_bytes import fam_from_bytes, sha256_hex
+from aggregator_service.server import RunningServer
+from fedmedclip.federation.aggregate import SiteUpdate, aggregate
+from fedmedclip.federation.codec import decode_update
+from fedmedclip.rpc.v1 import admin_pb2
+from tests.aggregator.helpers import DIM, AdminStub, SiteClient, make_update, run_config
+
+
+def test_a_round_closes_with_the_library_aggregate(
+    server: RunningServer, admin: AdminStub, enrol: Callable[[str], SiteClient]
+) -> None:
+    sites = [enrol(f"site-{i}") for i in range(3)]
+    run_id = admin.start(run_config(min_sites=3, rounds=2))
+    joined = sites[0].join()
+    assert joined.run_id == run_id and joined.site == "site-0" and joined.run_config.embed_dim == DIM
+    task = sites[0].poll(run_id)
+    assert task.WhichOneof("kind") == "train" and task.train.round == 1
+    base = task.train.fam_version
+    header, data = sites[0].get_model(base)
+    assert sha256_hex(data) == header.sha256 and header.total_bytes == len(data)
+    initial = fam_from_bytes(data, DIM)
+
+    updates = [make_update(seed=i) for i in range(3)]
+    for i, (site, update) in enumerate(zip(sites, updates, strict=True)):
+        response = site.submit(run_id, 1, base, update, num_samples=10 * (i + 1))
+        assert response.accepted and not response.duplicate
+
+    status = admin.wait_for(lambda s: s.rounds[0].state == admin_pb2.ROUND_STATE_CLOSED, run_id)
+    closed = status.rounds[0]
+    assert closed.output_version > base and status.current_round == 2
+    assert [p.state for p in closed.participants] == [admin_pb2.PARTICIPATION_STATE_ACCEPTED] * 3
+    assert abs(closed.metrics["train_loss"] - 0.5) < 1e-9
+
+    expected = aggregate(
+        initial,
+        [SiteUpdate(f"site-{i}", 10 * (i + 1), decode_update(u.payload)) for i, u in enumerate(updates)],
+    )
+    _, new_data = sites[1].get_model(closed.output_version)
+    produced = fam_from_bytes(new_data, DIM)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(produced[name], tensor, rtol=0, atol=0)
+
+    versions = admin.versions(run_id)
+    assert [(v.round, v.parent_version) for v in versions] == [(0, 0), (1, base)]
+    assert [(c.site, c.num_samples) for c in versions[1].contributions] == [
+        ("site-0", 10),
+        ("site-1", 20),
+        ("site-2", 30),
+    ]
+    task = sites[2].poll(run_id)
+    assert task.train.round == 2 and task.train.fam_version == closed.output_version

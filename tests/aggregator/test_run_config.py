@@ -1,0 +1,77 @@
+"""The run configuration the aggregator hands to sites: validation, JSON form, and the protobuf round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fedmedclip.federation.codec import CodecConfig
+from fedmedclip.federation.run_config import BackboneRef, RunConfig
+from fedmedclip.federation.serde import run_config_from_proto, run_config_to_proto
+from fedmedclip.rpc.v1 import common_pb2
+from fedmedclip.training.config import TrainConfig
+
+
+def full_config() -> RunConfig:
+    return RunConfig(
+        embed_dim=512,
+        rounds=50,
+        min_sites=3,
+        round_timeout_s=90.5,
+        late_policy="reopen",
+        weighting="uniform",
+        norm_bound=4.0,
+        fam_seed=7,
+        backbone=BackboneRef("ViT-B-16", "laion2b_s34b_b88k", "ab" * 32, "paper", 3),
+        train=TrainConfig(fam_lr=1e-4, batch_size=64, contrastive="prototype"),
+        codec=CodecConfig(rho=0.3, quantization="fp16", compression="zlib"),
+        prompt_templates=("a photo of a {class}", "a dermoscopy image of {class}"),
+    )
+
+
+def test_proto_and_json_round_trips() -> None:
+    config = full_config()
+    assert run_config_from_proto(run_config_to_proto(config)) == config
+    assert RunConfig.from_dict(config.to_dict()) == config
+    plain = RunConfig(embed_dim=64)
+    assert run_config_from_proto(run_config_to_proto(plain)) == plain  # norm_bound None, weights "openai"
+    random_init = dataclasses.replace(plain, backbone=BackboneRef(weights=None))
+    assert run_config_from_proto(run_config_to_proto(random_init)).backbone.weights is None
+
+
+def test_unset_fields_take_library_defaults() -> None:
+    message = common_pb2.RunConfig(embed_dim=32, rounds=2, min_sites=1)
+    config = run_config_from_proto(message)
+    assert (config.late_policy, config.weighting, config.norm_bound) == ("accept_until_quorum", "samples", None)
+    assert config.codec == CodecConfig() and config.train == TrainConfig() and config.round_timeout_s == 600.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"embed_dim": 0}, "embed_dim"),
+        ({"rounds": 0}, "rounds"),
+        ({"min_sites": 0}, "min_sites"),
+        ({"round_timeout_s": float("inf")}, "round_timeout_s"),
+        ({"late_policy": "maybe"}, "late_policy"),
+        ({"weighting": "votes"}, "weighting"),
+        ({"norm_bound": -1.0}, "norm_bound"),
+        ({"prompt_templates": ("no placeholder",)}, "placeholder"),
+    ],
+)
+def test_invalid_values_are_named(changes: dict[str, object], needle: str) -> None:
+    values = {"embed_dim": 8, **changes}
+    with pytest.raises(ValueError, match=needle):
+        RunConfig(**values)  # type: ignore[arg-type]
+
+
+def test_from_dict_refuses_unknown_and_missing_keys() -> None:
+    with pytest.raises(ValueError, match="unknown run settings: colour"):
+        RunConfig.from_dict({"embed_dim": 8, "colour": "blue"})
+    with pytest.raises(ValueError, match="needs embed_dim"):
+        RunConfig.from_dict({"rounds": 3})
+    with pytest.raises(ValueError, match="unknown backbone settings"):
+        RunConfig.from_dict({"embed_dim": 8, "backbone": {"model": "x", "size": 1}})
+    with pytest.raises(ValueError, match="unknown late policy value 9"):
+        run_config_from_proto(common_pb2.RunConfig(embed_dim=8, rounds=1, min_sites=1, late_policy=9))  # type: ignore[arg-type]
