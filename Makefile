@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test lint format proto proto-check demo clean
+.PHONY: install test lint format proto proto-check demo postgres bench-p4 bench-p5 clean
 
 # (Re)install when pyproject.toml changes. pip resolves torch/torchvision/open_clip (DESIGN.md §10).
 $(STAMP): pyproject.toml
@@ -38,6 +38,17 @@ proto-check: $(STAMP)
 # Until the services land (issue "deploy and demo"), the demo runs the federation in-process on synth data.
 demo: $(STAMP)
 	$(VENV)/bin/fedmedclip demo
+
+# Start the local PostgreSQL and print the URL; `export FEDMEDCLIP_TEST_POSTGRES_URL=$$(make -s postgres)`
+# makes the store suite run against PostgreSQL too (CI does this).
+postgres:
+	@bash scripts/ci/start_postgres.sh
+
+bench-p4: $(STAMP)
+	$(PY) bench/p4_predict.py
+
+bench-p5: $(STAMP)
+	$(PY) bench/p5_round_close.py --sites 100
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
