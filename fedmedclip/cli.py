@@ -39,7 +39,7 @@ def synth(
     sites: Annotated[int, typer.Option(min=1, help="Number of training sites.")] = 3,
     images_per_site: Annotated[int, typer.Option(min=4, help="Images per site.")] = 120,
     image_size: Annotated[int, typer.Option(min=16, help="Image side in pixels.")] = 96,
-    difficulty: Annotated[float, typer.Option(min=0.0, max=1.0, help="Class overlap: 0 easy, 1 very hard.")] = 0.6,
+    difficulty: Annotated[float, typer.Option(min=0.0, max=1.0, help="Class overlap: 0 easy, 1 very hard.")] = 0.4,
     label_skew: Annotated[float, typer.Option(min=0.0, help="Dirichlet concentration; smaller = more skew.")] = 0.5,
     site_shift: Annotated[float, typer.Option(min=0.0, help="Strength of per-site colour/contrast/noise shift.")] = 0.5,
     holdout: Annotated[bool, typer.Option(help="Also write a held-out test-only site (site-holdout).")] = False,

@@ -85,3 +85,22 @@ def test_config_validation_and_round_trip():
         TrainConfig.from_dict({"nope": 1})
     config = TrainConfig(contrastive="prototype", kd_weight=0.1)
     assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_head_running_statistics_match_the_trained_weights():
+    """Evaluation mode must predict like training mode: BatchNorm statistics are recalibrated each round."""
+    from fedmedclip.model.head import build_head
+
+    features, labels, protos = _site(n=96)
+    # Normalised CLIP-like features: tiny per-dimension variance, where stale running statistics break.
+    features = torch.nn.functional.normalize(features, dim=-1)
+    result = train_local_round(
+        features, labels, protos, fam_state(build_fam(16)), None, logit_scale=14.0, config=TrainConfig(head_hidden=32)
+    )
+    fam = build_fam(16, result.fam_state).eval()
+    head = build_head(16, 3, result.head_state, hidden=32)
+    with torch.no_grad():
+        adapted = fam(features)
+        eval_predictions = head.eval()(adapted).argmax(dim=-1)
+        batch_predictions = head.train()(adapted).argmax(dim=-1)
+    assert (eval_predictions == batch_predictions).float().mean() >= 0.95
