@@ -11,7 +11,7 @@ import torch
 
 from fedmedclip.model.backbone import TINY_MODEL, Backbone, BackboneSpec, load_backbone
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ.get("FEDMEDCLIP_TEST_TORCH_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +23,11 @@ def tiny_spec() -> BackboneSpec:
 def tiny_backbone(tiny_spec: BackboneSpec) -> Backbone:
     """A ~3M-parameter random-init CLIP with 64-px images and 64-d embeddings, on the CPU."""
     return load_backbone(tiny_spec, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Servers started in-process set torch's global thread count; keep that from leaking into other tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

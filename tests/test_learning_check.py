@@ -7,6 +7,7 @@ Data path is the real one: PNG files → ImageFolder scan → tiny CLIP embeddin
 from __future__ import annotations
 
 import pytest
+import torch
 
 from fedmedclip.data.sites import embed_imagefolder_site
 from fedmedclip.data.synth import SynthConfig, generate
@@ -21,12 +22,16 @@ ROUNDS = 5
 def sites(tiny_backbone: Backbone, tmp_path_factory: pytest.TempPathFactory) -> list[SiteTensors]:
     root = tmp_path_factory.mktemp("synth")
     # Mild label skew, so that "above chance" and "above the majority class" both mean something.
-    summary = generate(SynthConfig(sites=3, images_per_site=150, image_size=64, label_skew=5.0, seed=7), root)
+    summary = generate(SynthConfig(sites=3, images_per_site=200, image_size=64, label_skew=5.0, seed=7), root)
     out = []
     for name in summary.training_sites:
         site = embed_imagefolder_site(tiny_backbone, root / name, None, split_seed=7)
         prototypes = tiny_backbone.class_prototypes(site.classes)
-        out.append(SiteTensors(name, site.classes, prototypes, site.part("train"), site.part("test")))
+        # Nothing is tuned on validation here, so evaluate on validation + test: 80 images a site keep one
+        # image's worth of accuracy (0.4 points of the mean) well under the one-point tolerance below.
+        (val_x, val_y), (test_x, test_y) = site.part("val"), site.part("test")
+        evaluation = (torch.cat([val_x, test_x]), torch.cat([val_y, test_y]))
+        out.append(SiteTensors(name, site.classes, prototypes, site.part("train"), evaluation))
     return out
 
 
@@ -51,7 +56,7 @@ def test_federated_rounds_learn_and_masked_updates_match_dense(sites, tiny_backb
         assert metrics["ensemble_acc"] >= majority + 0.1, f"{site.name}: majority {majority:.2f}, {metrics}"
 
     # Masked int8 at rho = 0.2 costs at most one accuracy point against dense fp32 updates on the same seed
-    # (one-sided: with ~30 test images a site, one image is worth 1.1 points of the three-site mean).
+    # (one-sided: the masked update may also come out ahead).
     assert _mean(dense.final_metrics, "ensemble_acc") - _mean(last, "ensemble_acc") <= 0.01
     masked_bytes = max(masked.rounds[-1].upload_bytes.values())
     dense_bytes = max(dense.rounds[-1].upload_bytes.values())
