@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from aggregator_service import auth, handlers
 from aggregator_service.context import Services
 from aggregator_service.errors import FailedPrecondition, NotFound
-from aggregator_service.fam_bytes import SAFETENSORS, fam_from_bytes, fam_to_bytes, initial_fam, sha256_hex
 from aggregator_service.logs import event
 from aggregator_service.rounds import weighted_metrics
 from aggregator_service.store.base import (
@@ -27,6 +26,7 @@ from aggregator_service.store.base import (
     UpdateRecord,
     VersionRecord,
 )
+from fedmedclip.federation.fam_bytes import SAFETENSORS, fam_from_bytes, fam_to_bytes, initial_fam, sha256_hex
 from fedmedclip.federation.run_config import RunConfig
 
 log = logging.getLogger("aggregator_service.admin")

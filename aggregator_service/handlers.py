@@ -26,7 +26,6 @@ from aggregator_service.errors import (
     ServiceError,
     Unauthenticated,
 )
-from aggregator_service.fam_bytes import SAFETENSORS, sha256_hex
 from aggregator_service.logs import event
 from aggregator_service.store.base import (
     AuditEntry,
@@ -42,6 +41,7 @@ from fedmedclip import PROTOCOL_VERSION
 from fedmedclip.federation.aggregate import SiteUpdate, validate_update
 from fedmedclip.federation.codec import CodecConfig, decode_update
 from fedmedclip.federation.errors import CorruptUpdate, UpdateRejected
+from fedmedclip.federation.fam_bytes import SAFETENSORS, sha256_hex
 from fedmedclip.federation.run_config import RunConfig
 from fedmedclip.model.fam import fam_shapes
 

@@ -11,7 +11,7 @@ from fedmedclip import __version__
 
 app = typer.Typer(
     name="fedmedclip",
-    help="Federated CLIP for medical image classification: synthetic data, demo, and (soon) the services.",
+    help="Federated CLIP for medical image classification: the aggregator, hospital agent and inference API.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -90,9 +90,13 @@ def demo(
 def _register_service_groups() -> None:
     """Each service owns its command group; their modules import only typer at the top, so this is cheap."""
     from aggregator_service.cli import app as aggregator_app
+    from hospital_agent.cli import app as agent_app
     from inference_api.cli import app as api_app
 
     app.add_typer(aggregator_app, name="aggregator", help="The aggregator: rounds, sites and FAM versions over gRPC.")
+    app.add_typer(
+        agent_app, name="agent", help="The hospital agent: train locally, push masked updates, publish bundles."
+    )
     app.add_typer(api_app, name="api", help="The inference API: serve each site's classifier over REST.")
 
 

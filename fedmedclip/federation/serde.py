@@ -7,8 +7,10 @@ peer built against an older minor protocol version stays compatible. Enum values
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from google.protobuf import duration_pb2
 
@@ -16,6 +18,7 @@ from fedmedclip.federation.aggregate import Weighting
 from fedmedclip.federation.codec import CodecConfig, Compression, Quantization
 from fedmedclip.federation.run_config import BackboneRef, LatePolicy, RunConfig
 from fedmedclip.rpc.v1 import common_pb2 as pb
+from fedmedclip.rpc.v1 import federation_pb2 as fed_pb
 from fedmedclip.training.config import Contrastive, TrainConfig
 
 if TYPE_CHECKING:
@@ -215,3 +218,173 @@ def run_config_from_proto(message: pb.RunConfig) -> RunConfig:
         codec=codec_config_from_proto(message.codec),
         prompt_templates=tuple(message.prompt_templates),
     )
+
+
+# --- the site's side of the Federation service (the hospital agent) -----------------------------------
+#
+# Plain dataclasses for what a site sends and receives, so that agent code never touches protobuf messages.
+
+SiteActivity = Literal["idle", "embedding", "training", "uploading"]
+_ACTIVITY: dict[SiteActivity, int] = {
+    "idle": fed_pb.SITE_ACTIVITY_IDLE,
+    "embedding": fed_pb.SITE_ACTIVITY_EMBEDDING,
+    "training": fed_pb.SITE_ACTIVITY_TRAINING,
+    "uploading": fed_pb.SITE_ACTIVITY_UPLOADING,
+}
+MODEL_FORMAT_SAFETENSORS = "safetensors"
+
+
+@dataclass(frozen=True)
+class JoinReply:
+    site: str  # the site's enrolled name, derived from its token
+    run_id: str  # "" while no run is active
+    run_config: RunConfig | None
+    protocol: tuple[int, int]  # the aggregator's wire-protocol version
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    round: int  # 1-based
+    fam_version: int  # the version to train from; the update's base_version
+    deadline: datetime | None  # UTC
+
+
+@dataclass(frozen=True)
+class WaitTask:
+    retry_after_s: float
+
+
+@dataclass(frozen=True)
+class DoneTask:
+    final_version: int  # 0 when the run ended before producing a version
+    reason: str
+
+
+SiteTask = TrainTask | WaitTask | DoneTask
+
+
+@dataclass(frozen=True)
+class ModelHeader:
+    version: int
+    sha256: str
+    total_bytes: int
+    format: str  # MODEL_FORMAT_SAFETENSORS, or "unknown(N)" for a format this build cannot read
+
+
+@dataclass(frozen=True)
+class UpdateHeader:
+    """What a site announces before its payload; ``metrics`` are aggregate numbers only, never per sample."""
+
+    run_id: str
+    round: int
+    base_version: int
+    num_samples: int
+    metrics: Mapping[str, float]
+    codec: CodecConfig
+    sha256: str
+    total_bytes: int
+    site: str = ""  # optional self-check; the aggregator takes the identity from the token
+
+
+@dataclass(frozen=True)
+class SubmitReply:
+    accepted: bool
+    duplicate: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class HeartbeatReply:
+    server_time: datetime | None
+    abandon_round: bool
+
+
+def join_request_to_proto(
+    protocol: tuple[int, int], software_version: str, *, platform: str = "", torch_version: str = "", device: str = ""
+) -> fed_pb.JoinRequest:
+    return fed_pb.JoinRequest(
+        protocol_major=protocol[0],
+        protocol_minor=protocol[1],
+        software_version=software_version,
+        site_info=pb.SiteInfo(platform=platform, torch_version=torch_version, device=device),
+    )
+
+
+def join_response_from_proto(message: fed_pb.JoinResponse) -> JoinReply:
+    """Raises ``ValueError`` when the run config cannot run (see ``run_config_from_proto``)."""
+    config = run_config_from_proto(message.run_config) if message.run_id and message.HasField("run_config") else None
+    if message.run_id and config is None:
+        raise ValueError(f"the aggregator named run {message.run_id} without its run config")
+    return JoinReply(message.site, message.run_id, config, (message.protocol_major, message.protocol_minor))
+
+
+def poll_request_to_proto(run_id: str, wait_seconds: int) -> fed_pb.PollTaskRequest:
+    return fed_pb.PollTaskRequest(run_id=run_id, wait_seconds=max(0, int(wait_seconds)))
+
+
+def task_from_proto(message: fed_pb.Task) -> SiteTask:
+    kind = message.WhichOneof("kind")
+    if kind == "train":
+        train = message.train
+        deadline = train.deadline.ToDatetime(tzinfo=UTC) if train.HasField("deadline") else None
+        return TrainTask(train.round, train.fam_version, deadline)
+    if kind == "wait":
+        return WaitTask(max(0.0, message.wait.retry_after_seconds))
+    if kind == "done":
+        return DoneTask(message.done.final_version, message.done.reason)
+    raise ValueError("the aggregator sent an empty task (a newer protocol minor version?)")
+
+
+def get_model_request_to_proto(version: int) -> fed_pb.GetModelRequest:
+    return fed_pb.GetModelRequest(version=version)
+
+
+def model_chunk_from_proto(message: pb.ModelChunk) -> ModelHeader | bytes:
+    """A transfer's header, or the next slice of its data bytes."""
+    kind = message.WhichOneof("kind")
+    if kind == "header":
+        header = message.header
+        known = header.format == pb.MODEL_FORMAT_SAFETENSORS
+        return ModelHeader(
+            header.version,
+            header.sha256,
+            header.total_bytes,
+            MODEL_FORMAT_SAFETENSORS if known else f"unknown({int(header.format)})",
+        )
+    if kind == "data":
+        return bytes(message.data)
+    raise ValueError("empty model chunk")
+
+
+def update_chunks_to_proto(header: UpdateHeader, payload: bytes, chunk_bytes: int) -> Iterator[fed_pb.UpdateChunk]:
+    """The SubmitUpdate stream: the header, then the payload in slices of at most ``chunk_bytes``."""
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
+    yield fed_pb.UpdateChunk(
+        header=fed_pb.UpdateHeader(
+            run_id=header.run_id,
+            round=header.round,
+            base_version=header.base_version,
+            num_samples=header.num_samples,
+            metrics={str(k): float(v) for k, v in header.metrics.items()},
+            codec=codec_config_to_proto(header.codec),
+            sha256=header.sha256,
+            total_bytes=header.total_bytes,
+            site=header.site,
+        )
+    )
+    for start in range(0, len(payload), chunk_bytes):
+        yield fed_pb.UpdateChunk(data=payload[start : start + chunk_bytes])
+
+
+def submit_response_from_proto(message: fed_pb.SubmitUpdateResponse) -> SubmitReply:
+    return SubmitReply(message.accepted, message.duplicate, message.message)
+
+
+def heartbeat_request_to_proto(run_id: str, activity: SiteActivity, round_number: int) -> fed_pb.HeartbeatRequest:
+    return fed_pb.HeartbeatRequest(run_id=run_id, activity=_ACTIVITY[activity], round=max(0, round_number))  # type: ignore[arg-type]
+
+
+def heartbeat_response_from_proto(message: fed_pb.HeartbeatResponse) -> HeartbeatReply:
+    stamp = message.server_time.ToDatetime(tzinfo=UTC) if message.HasField("server_time") else None
+    return HeartbeatReply(stamp, message.abandon_round)

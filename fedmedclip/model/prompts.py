@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-DEFAULT_TEMPLATES: tuple[str, ...] = ("a picture of a {}",)
+# One placeholder form everywhere: run configs, bundles and the library (DESIGN.md §3 writes it this way).
+PLACEHOLDER = "{class}"
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a picture of a {class}",)
 
 
 def class_display_name(class_name: str) -> str:
@@ -17,7 +19,7 @@ def render_prompts(class_name: str, templates: Sequence[str] = DEFAULT_TEMPLATES
     if not templates:
         raise ValueError("at least one prompt template is required")
     for template in templates:
-        if template.count("{}") != 1:
-            raise ValueError(f"prompt template {template!r} must contain exactly one '{{}}' placeholder")
+        if template.count(PLACEHOLDER) != 1:
+            raise ValueError(f"prompt template {template!r} must contain exactly one {PLACEHOLDER!r} placeholder")
     name = class_display_name(class_name)
-    return [template.format(name) for template in templates]
+    return [template.replace(PLACEHOLDER, name) for template in templates]

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from aggregator_service.cli import app
-from aggregator_service.fam_bytes import fam_from_bytes
 from aggregator_service.server import RunningServer
+from fedmedclip.federation.fam_bytes import fam_from_bytes
 from tests.aggregator.helpers import ADMIN_TOKEN, DIM, SiteClient, make_update
 
 runner = CliRunner()

@@ -16,11 +16,11 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from aggregator_service.fam_bytes import fam_from_bytes
 from aggregator_service.server import RunningServer
 from aggregator_service.store.sql import SqlStore
 from fedmedclip.federation.aggregate import SiteUpdate, aggregate
 from fedmedclip.federation.codec import decode_update
+from fedmedclip.federation.fam_bytes import fam_from_bytes
 from fedmedclip.rpc.v1 import admin_pb2, federation_pb2
 from tests.aggregator.helpers import (
     ADMIN_TOKEN,

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import torch
 
-from aggregator_service.fam_bytes import fam_from_bytes, sha256_hex
 from aggregator_service.server import RunningServer
 from fedmedclip.federation.aggregate import SiteUpdate, aggregate
 from fedmedclip.federation.codec import decode_update
+from fedmedclip.federation.fam_bytes import fam_from_bytes, sha256_hex
 from fedmedclip.rpc.v1 import admin_pb2
 from tests.aggregator.helpers import DIM, AdminStub, SiteClient, make_update, run_config
 

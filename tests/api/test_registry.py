@@ -70,7 +70,7 @@ def test_a_bundle_for_another_backbone_is_refused(registry, tiny_backbone):
         "site-a",
         backbone=other,
         classes=CLASSES,
-        prompts=["a picture of a {}"],
+        prompts=["a picture of a {class}"],
         text_prototypes=prototypes,
         fam_state=result.fam_state,
         fam_version=9,

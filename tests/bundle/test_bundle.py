@@ -40,7 +40,7 @@ def test_round_trip_keeps_every_tensor_and_predicts_like_the_trained_model(tmp_p
         "site-a",
         backbone=tiny_backbone,
         classes=CLASSES,
-        prompts=["a picture of a {}", "a dermoscopy image of a {}"],
+        prompts=["a picture of a {class}", "a dermoscopy image of a {class}"],
         text_prototypes=prototypes,
         fam_state=result.fam_state,
         fam_version=7,
@@ -51,7 +51,7 @@ def test_round_trip_keeps_every_tensor_and_predicts_like_the_trained_model(tmp_p
     loaded = read_current(tmp_path, "site-a")
     assert loaded.version == written.version == current_version(tmp_path, "site-a")
     assert loaded.fam_version == 7 and loaded.classes == CLASSES and loaded.metrics == {"val_acc": 0.5}
-    assert loaded.prompts == ("a picture of a {}", "a dermoscopy image of a {}")
+    assert loaded.prompts == ("a picture of a {class}", "a dermoscopy image of a {class}")
     assert loaded.backbone.weights_digest == tiny_backbone.weights_digest
     assert all(torch.equal(loaded.fam_state[k], v) for k, v in result.fam_state.items())
     assert loaded.head_state is not None and set(loaded.head_state) == set(result.head_state)
@@ -167,7 +167,7 @@ def test_write_refuses_bad_input_before_touching_the_disk(tmp_path, tiny_backbon
     good: dict[str, Any] = {
         "backbone": tiny_backbone,
         "classes": CLASSES,
-        "prompts": ["a picture of a {}"],
+        "prompts": ["a picture of a {class}"],
         "text_prototypes": prototypes,
         "fam_state": result.fam_state,
         "fam_version": 1,

@@ -23,8 +23,21 @@ def test_console_script_shows_help_and_version():
 
 
 def test_synth_writes_imagefolder_sites(tmp_path: Path):
-    result = runner.invoke(app, ["synth", str(tmp_path / "data"), "--sites", "2", "--images-per-site", "16",
-                                 "--image-size", "32", "--seed", "3"])
+    result = runner.invoke(
+        app,
+        [
+            "synth",
+            str(tmp_path / "data"),
+            "--sites",
+            "2",
+            "--images-per-site",
+            "16",
+            "--image-size",
+            "32",
+            "--seed",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     pngs = sorted((tmp_path / "data").rglob("*.png"))
     assert len(pngs) == 32

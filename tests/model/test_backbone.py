@@ -26,7 +26,7 @@ def test_tiny_backbone_is_frozen_and_in_eval_mode(tiny_backbone):
 
 
 def test_prototypes_are_normalised_and_average_templates(tiny_backbone):
-    templates = ("a picture of a {}", "a dermoscopy image of a {}")
+    templates = ("a picture of a {class}", "a dermoscopy image of a {class}")
     protos = tiny_backbone.class_prototypes(["nevus", "melanoma"], templates)
     assert protos.shape == (2, 64)
     assert torch.allclose(protos.norm(dim=1), torch.ones(2), atol=1e-5)

@@ -1,4 +1,7 @@
-"""FAM versions as bytes: safetensors of the float32 tensors keyed by ``FAM_TENSOR_NAMES``, never pickle."""
+"""FAM versions as bytes, as the aggregator stores them and sites download them.
+
+Safetensors of the float32 tensors keyed by ``FAM_TENSOR_NAMES``; never pickle.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +35,9 @@ def fam_from_bytes(data: bytes, dim: int | None = None) -> dict[str, torch.Tenso
         for name, tensor in state.items():
             if tuple(tensor.shape) != expected[name]:
                 raise ValueError(f"FAM tensor {name!r} has shape {list(tensor.shape)}, expected {list(expected[name])}")
+    for name, tensor in state.items():
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"FAM tensor {name!r} is not a finite float tensor")
     return {name: tensor.to(torch.float32) for name, tensor in state.items()}
 
 

@@ -1,0 +1,237 @@
+"""``fedmedclip agent run|embed|status`` (also ``python -m hospital_agent ...``).
+
+Exit codes: 0 clean stop (SIGTERM/SIGINT), 78 (EX_CONFIG) for anything the operator must fix — bad settings,
+no usable data, a refused token, a run this site cannot serve — so that systemd does not restart into the
+same error (``RestartPreventExitStatus=78``), 1 for anything else (systemd restarts the agent).
+
+torch, open_clip and grpc are imported inside the commands: ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from hospital_agent.settings import AgentSettings
+
+EXIT_CONFIG = 78
+# Refusals of the Join (or any call) that retrying cannot fix, with what the operator should check.
+_FATAL_HINTS = {
+    "UNAUTHENTICATED": "the aggregator refused this site's token: check token / token_file, and ask the federation "
+    "operator whether the site is enrolled and not revoked",
+    "PERMISSION_DENIED": "the aggregator refused this site's token for this call (an admin token used as a site?)",
+    "FAILED_PRECONDITION": "the aggregator refused the agent (protocol version mismatch?): upgrade one side",
+}
+
+app = typer.Typer(
+    help="The hospital agent: trains locally and pushes masked FAM updates to the aggregator.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", envvar="FEDMEDCLIP_AGENT_CONFIG", help="YAML settings file.", show_default=False),
+]
+
+
+def _fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def _settings(config: Path | None) -> AgentSettings:
+    from hospital_agent.settings import ConfigError, load_settings
+
+    try:
+        return load_settings(config)
+    except ConfigError as error:
+        raise _fail(str(error)) from None
+
+
+def _limit_threads(settings: AgentSettings) -> None:
+    if settings.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+
+
+@app.command()
+def run(config: ConfigOption = None) -> None:
+    """Run the agent until SIGTERM/SIGINT: join, train each round, submit updates, publish bundles."""
+    import logging
+
+    from fedmedclip.data.imagefolder import DatasetError
+    from fedmedclip.model.backbone import WeightsUnavailableError
+    from hospital_agent.client import AggregatorError
+    from hospital_agent.logs import configure_logging, event
+    from hospital_agent.loop import AgentLoop
+    from hospital_agent.settings import ConfigError
+    from hospital_agent.state import StateError
+    from hospital_agent.trainer import IncompatibleRunError
+
+    settings = _settings(config)
+    configure_logging(settings.log_format, settings.log_level)
+    _limit_threads(settings)
+    log = logging.getLogger("hospital_agent")
+    stop = threading.Event()
+
+    def on_signal(number: int, _frame: object) -> None:
+        event(log, "signal received; stopping", site=settings.site, signal=signal.Signals(number).name)
+        stop.set()
+
+    previous = {number: signal.signal(number, on_signal) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        AgentLoop(settings, stop=stop).run()
+    except (ConfigError, DatasetError, IncompatibleRunError, StateError, WeightsUnavailableError) as error:
+        event(log, "agent cannot run", logging.ERROR, site=settings.site, reason=str(error))
+        raise _fail(str(error)) from None
+    except AggregatorError as error:
+        hint = _FATAL_HINTS.get(error.code)
+        event(log, "aggregator refused the agent", logging.ERROR, site=settings.site, code=error.code, hint=hint)
+        raise _fail(f"{error} — {hint}" if hint else str(error), EXIT_CONFIG if hint else 1) from None
+    finally:
+        for number, handler in previous.items():  # leave the process as we found it (tests call run in-process)
+            signal.signal(number, handler)
+
+
+@app.command()
+def embed(
+    config: ConfigOption = None,
+    device: Annotated[str | None, typer.Option(help="Override the configured device (cpu, cuda, cuda:N).")] = None,
+) -> None:
+    """Fill the embedding cache for the site's images (progress bar); later rounds train on cached features."""
+    from fedmedclip.console import console, progress_bar
+    from fedmedclip.data.cache import EmbeddingCache, embed_images
+    from fedmedclip.data.imagefolder import DatasetError
+    from fedmedclip.model.backbone import WeightsUnavailableError, load_backbone
+    from hospital_agent.adapters import load_site_images, report_skipped
+    from hospital_agent.logs import configure_logging
+    from hospital_agent.trainer import IncompatibleRunError, resolve_device
+
+    settings = _settings(config)
+    configure_logging(settings.log_format, "WARNING")  # the progress bar is the output; warnings still show
+    _limit_threads(settings)
+    try:
+        images = load_site_images(settings.data)
+        report_skipped(images.skipped, settings.site, settings.state_dir, "scan")
+        spec = _embed_spec(settings)
+        backbone = load_backbone(spec, resolve_device(device or settings.device))
+    except (DatasetError, WeightsUnavailableError, IncompatibleRunError, ValueError) as error:
+        raise _fail(str(error)) from None
+    started = time.perf_counter()
+    with EmbeddingCache(settings.effective_cache_dir) as cache, progress_bar(f"embedding on {backbone.device}") as bar:
+        result = embed_images(
+            backbone,
+            images.paths,
+            cache,
+            batch_size=settings.embed_batch_size,
+            num_workers=settings.embed_workers,
+            progress=bar,
+        )
+        size = cache.size_bytes()
+    report_skipped(result.failed, settings.site, settings.state_dir, "embed")
+    console.print(
+        f"{len(result.kept_indices)} images embedded with {spec.describe()}: {result.computed} computed, "
+        f"{result.reused} from the cache, {len(result.failed)} unreadable, in {time.perf_counter() - started:.1f} s; "
+        f"cache {settings.effective_cache_dir} holds {size / 1e6:.1f} MB",
+        soft_wrap=True,  # one line, whatever the terminal width: scripts grep it
+    )
+    if not result.kept_indices:
+        raise _fail(f"none of the {len(images.records)} images of site {settings.site} could be read")
+
+
+def _embed_spec(settings: AgentSettings) -> Any:
+    """The configured backbone, else the active run's (one Join)."""
+    from fedmedclip.model.backbone import BackboneSpec
+    from hospital_agent.client import AggregatorError, FederationClient
+    from hospital_agent.trainer import backbone_spec_for
+
+    if settings.backbone is not None:
+        local = settings.backbone
+        weights = local.weights if local.weights is not None else "openai"  # the library default
+        return BackboneSpec(local.model, weights, local.preprocess, local.seed)
+    stop = threading.Event()
+    client = FederationClient(settings, settings.require_token(), stop)
+    try:
+        reply = client.join()
+    except AggregatorError as error:
+        raise ValueError(f"no backbone: in the config, and asking the aggregator failed: {error}") from None
+    finally:
+        client.close()
+    if reply.run_config is None:
+        raise ValueError("no backbone: in the config and no active run to take it from; add a backbone: section")
+    return backbone_spec_for(reply.run_config, None)
+
+
+@app.command()
+def status(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """What this site knows: run, round, FAM version, last metrics, bundle, cache size (no network)."""
+    from fedmedclip.bundle import current_version
+    from fedmedclip.data.cache import CACHE_FILE
+    from hospital_agent.state import StateError, StateStore
+
+    settings = _settings(config)
+    try:
+        saved = StateStore(settings.state_dir).summary() or {}
+    except StateError as error:
+        raise _fail(str(error)) from None
+    cache_file = settings.effective_cache_dir / CACHE_FILE
+    cache_bytes = sum(
+        path.stat().st_size
+        for path in (cache_file, cache_file.with_name(CACHE_FILE + "-wal"))
+        if path.exists()  # no EmbeddingCache(): opening it would create an empty cache
+    )
+    pending = saved.get("pending")
+    info: dict[str, Any] = {
+        "site": settings.site,
+        "aggregator": settings.aggregator,
+        "state_dir": str(settings.state_dir),
+        "run": saved.get("run_id") or None,
+        "run_finished": bool(saved.get("run_done")),
+        "last_round_submitted": saved.get("last_round", 0),
+        "fam_version": saved.get("fam_version", 0),
+        "pending_round": pending["round"] if pending else None,
+        "has_head": bool(saved.get("head")),
+        "metrics": saved.get("metrics", {}),
+        "metrics_fam_version": saved.get("metrics_version", 0),
+        "bundle": current_version(settings.bundle_root, settings.site),
+        "cache_dir": str(settings.effective_cache_dir),
+        "cache_bytes": cache_bytes,
+        "updated_at": saved.get("updated_at") or None,
+    }
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    _print_status(info)
+
+
+def _print_status(info: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("", "", show_header=False, box=None)
+    for key, value in info.items():
+        if key == "metrics":
+            continue
+        table.add_row(key.replace("_", " "), "-" if value is None else str(value))
+    metrics = Table(
+        "metric (validation)", "value", title=f"last evaluation (FAM version {info['metrics_fam_version']})"
+    )
+    for name, value in sorted(info["metrics"].items()):
+        metrics.add_row(name, f"{value:.4f}")
+    console = Console()
+    console.print(table)
+    if info["metrics"]:
+        console.print(metrics)

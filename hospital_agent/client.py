@@ -1,0 +1,258 @@
+"""The agent's gRPC client of the aggregator's Federation service.
+
+- Transport: TLS by default (system roots, or ``tls.ca_file``), mutual TLS with ``tls.cert_file``/``key_file``,
+  plaintext only to a loopback aggregator with ``insecure_loopback`` (the settings enforce it). Explicit
+  message size limits both ways; keepalive pings every 30 s (the aggregator refuses more often than 20 s).
+- Every call carries ``authorization: Bearer <token>``.
+- Retries: only ``UNAVAILABLE`` (aggregator down, restarting, network blip), plus ``DEADLINE_EXCEEDED`` for
+  idempotent calls, with capped exponential backoff and jitter, for as long as it takes (the agent is a
+  service: it outlives aggregator outages). Every call the agent makes is idempotent by the protocol:
+  ``SubmitUpdate`` of the same bytes is acknowledged as a duplicate. Anything else raises ``AggregatorError``.
+- Waiting (backoff, an in-flight unary call) ends at once when ``stop`` is set: SIGTERM is never held up
+  by a long poll.
+
+Protobuf messages are built and read by ``fedmedclip.federation.serde``; this module only moves them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+
+from fedmedclip import PROTOCOL_VERSION, __version__
+from fedmedclip.federation import serde
+from fedmedclip.rpc.v1 import federation_pb2_grpc
+from hospital_agent.logs import event
+from hospital_agent.settings import AgentSettings
+
+log = logging.getLogger("hospital_agent.client")
+KEEPALIVE_MS = 30_000
+# Tests record every outgoing message through these; production passes none.
+Interceptor: TypeAlias = (
+    grpc.UnaryUnaryClientInterceptor | grpc.UnaryStreamClientInterceptor | grpc.StreamUnaryClientInterceptor
+)
+_T = TypeVar("_T")
+
+
+class AgentStopped(Exception):  # noqa: N818 - a signal to unwind, not an error
+    """``stop`` was set while waiting: unwind and shut down."""
+
+
+class AggregatorError(Exception):
+    """A call failed with a status that retrying cannot fix; ``code`` is the gRPC status name."""
+
+    def __init__(self, method: str, code: str, details: str) -> None:
+        self.method = method
+        self.code = code
+        self.details = details
+        super().__init__(f"{method} failed: {code}: {details}")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff with "equal jitter": half the delay fixed, half random."""
+
+    initial_s: float = 1.0
+    max_s: float = 60.0
+    multiplier: float = 2.0
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        ceiling = min(self.max_s, self.initial_s * self.multiplier ** max(0, attempt))
+        return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+
+
+def channel_options(settings: AgentSettings) -> list[tuple[str, Any]]:
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.enable_retries", 0),  # retries are ours (above), so that they are visible in the logs
+        ("grpc.initial_reconnect_backoff_ms", int(settings.backoff_initial_s * 1000)),
+        ("grpc.max_reconnect_backoff_ms", int(settings.backoff_max_s * 1000)),
+    ]
+    if settings.tls.server_name:
+        options.append(("grpc.ssl_target_name_override", settings.tls.server_name))
+    return options
+
+
+def open_channel(settings: AgentSettings) -> grpc.Channel:
+    if settings.insecure_loopback:
+        return grpc.insecure_channel(settings.aggregator, options=channel_options(settings))
+    tls = settings.tls
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca_file.read_bytes() if tls.ca_file else None,
+        private_key=tls.key_file.read_bytes() if tls.key_file else None,
+        certificate_chain=tls.cert_file.read_bytes() if tls.cert_file else None,
+    )
+    return grpc.secure_channel(settings.aggregator, credentials, options=channel_options(settings))
+
+
+class FederationClient:
+    """Join, PollTask, GetModel, SubmitUpdate and Heartbeat with the retry policy above."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        token: str,
+        stop: threading.Event,
+        *,
+        interceptors: Sequence[Interceptor] = (),
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stop = stop
+        self.backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._channel = channel or open_channel(settings)
+        self._stub = federation_pb2_grpc.FederationStub(grpc.intercept_channel(self._channel, *interceptors))
+        self._timeout = settings.rpc_timeout_s
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # --- calls ------------------------------------------------------------------------------------------
+
+    def join(self, device: str = "", platform: str = "", torch_version: str = "") -> serde.JoinReply:
+        request = serde.join_request_to_proto(
+            PROTOCOL_VERSION, __version__, platform=platform, torch_version=torch_version, device=device
+        )
+        reply = self._retrying("Join", lambda: self._unary(self._stub.Join, request, self._timeout))
+        return serde.join_response_from_proto(reply)
+
+    def poll(self, run_id: str, wait_s: int) -> serde.SiteTask:
+        request = serde.poll_request_to_proto(run_id, wait_s)
+        reply = self._retrying("PollTask", lambda: self._unary(self._stub.PollTask, request, self._timeout + wait_s))
+        return serde.task_from_proto(reply)
+
+    def get_model(self, version: int) -> tuple[serde.ModelHeader, bytes]:
+        """Download a FAM version; its length, sha256, version and format are verified before returning."""
+        return self._retrying("GetModel", lambda: self._download(version))
+
+    def submit(self, header: serde.UpdateHeader, payload: bytes) -> serde.SubmitReply:
+        """Upload an update; resending after a lost reply is safe (the aggregator acknowledges a duplicate)."""
+
+        def attempt() -> Any:
+            chunks = serde.update_chunks_to_proto(header, payload, self.settings.chunk_bytes)
+            return self._wait(self._stub.SubmitUpdate.future(chunks, metadata=self._metadata, timeout=self._timeout))
+
+        return serde.submit_response_from_proto(self._retrying("SubmitUpdate", attempt))
+
+    def heartbeat(self, run_id: str, activity: serde.SiteActivity, round_number: int) -> serde.HeartbeatReply:
+        """One attempt, short deadline: a missed heartbeat is harmless and the next one comes soon."""
+        request = serde.heartbeat_request_to_proto(run_id, activity, round_number)
+        try:
+            reply = self._stub.Heartbeat(request, metadata=self._metadata, timeout=min(10.0, self._timeout))
+        except grpc.RpcError as error:
+            raise _failure("Heartbeat", error) from None
+        return serde.heartbeat_response_from_proto(reply)
+
+    # --- plumbing ---------------------------------------------------------------------------------------
+
+    def _unary(self, method: Any, request: Any, timeout: float) -> Any:
+        return self._wait(method.future(request, metadata=self._metadata, timeout=timeout))
+
+    def _wait(self, future: Any) -> Any:
+        """The call's result; cancels it and raises ``AgentStopped`` as soon as ``stop`` is set."""
+        finished = threading.Event()
+        future.add_done_callback(lambda _: finished.set())
+        while not finished.wait(0.2):
+            if self.stop.is_set():
+                future.cancel()
+                raise AgentStopped
+        return future.result()
+
+    def _download(self, version: int) -> tuple[serde.ModelHeader, bytes]:
+        stream = self._stub.GetModel(
+            serde.get_model_request_to_proto(version), metadata=self._metadata, timeout=self._timeout
+        )
+        header: serde.ModelHeader | None = None
+        parts: list[bytes] = []
+        received = 0
+        try:
+            for message in stream:
+                if self.stop.is_set():
+                    raise AgentStopped
+                chunk = serde.model_chunk_from_proto(message)
+                if isinstance(chunk, serde.ModelHeader):
+                    if header is not None:
+                        raise AggregatorError("GetModel", "DATA_LOSS", "the model stream repeated its header")
+                    header = chunk
+                    continue
+                if header is None:
+                    raise AggregatorError("GetModel", "DATA_LOSS", "the model stream sent data before its header")
+                received += len(chunk)
+                if received > header.total_bytes:
+                    raise AggregatorError(
+                        "GetModel", "DATA_LOSS", f"more than the announced {header.total_bytes} bytes"
+                    )
+                parts.append(chunk)
+        finally:
+            stream.cancel()  # no-op after a complete stream; frees the call when we stop early
+        data = b"".join(parts)
+        _check_download(version, header, data)
+        assert header is not None
+        return header, data
+
+    def _retrying(self, method: str, call: Callable[[], _T], idempotent: bool = True) -> _T:
+        attempt = 0
+        while True:
+            if self.stop.is_set():
+                raise AgentStopped
+            try:
+                return call()
+            except grpc.FutureCancelledError:
+                raise AgentStopped from None
+            except grpc.RpcError as error:
+                code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+                retryable = code == grpc.StatusCode.UNAVAILABLE or (
+                    idempotent and code == grpc.StatusCode.DEADLINE_EXCEEDED
+                )
+                if not retryable:
+                    raise _failure(method, error) from None
+                delay = self.backoff.delay(attempt)
+                event(
+                    log,
+                    "aggregator unreachable; retrying",
+                    logging.WARNING if attempt else logging.INFO,
+                    method=method,
+                    code=code.name,
+                    # e.g. "connection refused", or a TLS handshake failure: what the operator must fix
+                    detail=(error.details() if isinstance(error, grpc.Call) else None) or None,
+                    attempt=attempt + 1,
+                    retry_in_s=round(delay, 2),
+                )
+                attempt += 1
+                if self.stop.wait(delay):
+                    raise AgentStopped from None
+
+
+def _failure(method: str, error: grpc.RpcError) -> AggregatorError:
+    if isinstance(error, grpc.Call):
+        return AggregatorError(method, error.code().name, error.details() or "")
+    return AggregatorError(method, "UNKNOWN", str(error))
+
+
+def _check_download(version: int, header: serde.ModelHeader | None, data: bytes) -> None:
+    if header is None:
+        raise AggregatorError("GetModel", "DATA_LOSS", "the model stream ended without a header")
+    problems = []
+    if header.version != version:
+        problems.append(f"asked for version {version}, got {header.version}")
+    if header.format != serde.MODEL_FORMAT_SAFETENSORS:
+        problems.append(f"unsupported model format {header.format}")
+    if len(data) != header.total_bytes:
+        problems.append(f"received {len(data)} of {header.total_bytes} bytes")
+    elif hashlib.sha256(data).hexdigest() != header.sha256.lower():
+        problems.append("sha256 mismatch")
+    if problems:
+        # DATA_LOSS is not retried: a server that sends a wrong model once will likely do it again.
+        raise AggregatorError("GetModel", "DATA_LOSS", "; ".join(problems))
