@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test lint format proto proto-check demo postgres bench-p4 bench-p5 clean
+.PHONY: install test lint format proto proto-check demo e2e-compose postgres bench-p4 bench-p5 clean
 
 # (Re)install when pyproject.toml changes. pip resolves torch/torchvision/open_clip (DESIGN.md §10).
 $(STAMP): pyproject.toml
@@ -35,9 +35,13 @@ proto: $(STAMP)
 proto-check: $(STAMP)
 	$(PY) scripts/generate_proto.py --check
 
-# Until the services land (issue "deploy and demo"), the demo runs the federation in-process on synth data.
+# The whole federation on this machine: aggregator, three agents and the inference API as real processes.
 demo: $(STAMP)
-	$(VENV)/bin/fedmedclip demo
+	$(VENV)/bin/fedmedclip demo $(DEMO_ARGS)
+
+# The compose stack brought up for real (docs/deploy.md). Needs root: apt-get and dockerd.
+e2e-compose:
+	bash scripts/e2e_compose.sh
 
 # Start the local PostgreSQL and print the URL; `export FEDMEDCLIP_TEST_POSTGRES_URL=$$(make -s postgres)`
 # makes the store suite run against PostgreSQL too (CI does this).

@@ -292,8 +292,9 @@ def runs_status(
     config: ConfigOption = None,
     server: ServerOption = None,
     insecure_loopback: InsecureOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as one JSON document (for scripts).")] = False,
 ) -> None:
-    """Rounds, per-site participation, bytes and aggregate metrics of a run, as tables."""
+    """Rounds, per-site participation, bytes and aggregate metrics of a run, as tables (or JSON)."""
     from rich.table import Table
 
     from fedmedclip.rpc.v1 import admin_pb2
@@ -301,6 +302,13 @@ def runs_status(
     status = _call(
         _client(config, server, insecure_loopback), "GetRunStatus", admin_pb2.GetRunStatusRequest(run_id=run_id)
     )
+    if as_json:
+        import json
+
+        from google.protobuf.json_format import MessageToDict
+
+        typer.echo(json.dumps(MessageToDict(status, preserving_proto_field_name=True)))
+        return
     console = _console()
     state = admin_pb2.RunState.Name(status.state).removeprefix("RUN_STATE_").lower()
     console.print(

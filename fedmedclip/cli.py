@@ -70,21 +70,60 @@ def synth(
 
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Option(help="Working folder for data, cache and results.")] = Path("demo-output"),
+    out_dir: Annotated[Path, typer.Option(help="Working folder: data, databases, logs, bundles, report.json.")] = Path(
+        "demo-output"
+    ),
     model: Annotated[str, typer.Option(help="open_clip model name.")] = "ViT-B-32",
     weights: Annotated[str, typer.Option(help="Pretrained tag, weights file/dir, or 'random'.")] = "openai",
-    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
-    sites: Annotated[int, typer.Option(min=1, help="Synthetic sites.")] = 3,
-    images_per_site: Annotated[int, typer.Option(min=10, help="Images per site.")] = 120,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 3,
+    sites: Annotated[int, typer.Option(min=1, max=8, help="Synthetic hospital sites (one agent process each).")] = 3,
+    images_per_site: Annotated[int, typer.Option(min=20, help="Synthetic images per site.")] = 90,
+    image_size: Annotated[int, typer.Option(min=32, help="Synthetic image side in pixels.")] = 96,
+    timeout: Annotated[float, typer.Option(min=10, help="Seconds the run may take before the demo gives up.")] = 900,
 ) -> None:
-    """Run a federation of synthetic sites in one process and print per-site accuracies."""
-    from fedmedclip.demo_inprocess import DemoSettings, run_demo
+    """Run the whole federation on this machine: aggregator, one agent per site and the inference API, each a
+    real process; then predict every site's held-out images over REST and print the results."""
+    from rich.table import Table
 
-    run_demo(
-        DemoSettings(
-            out_dir=out_dir, model=model, weights=weights, rounds=rounds, sites=sites, images_per_site=images_per_site
-        )
+    from fedmedclip.console import console
+    from fedmedclip.demo.orchestrate import DemoSettings, run_demo
+    from fedmedclip.demo.processes import ServiceError
+
+    settings = DemoSettings(
+        out_dir=out_dir,
+        model=model,
+        weights=weights,
+        rounds=rounds,
+        sites=sites,
+        images_per_site=images_per_site,
+        image_size=image_size,
+        timeout_s=timeout,
     )
+    try:
+        report = run_demo(settings, say=console.print, warn=lambda text: console.print(f"[bold red]WARNING:[/] {text}"))
+    except (ServiceError, ValueError, OSError) as error:
+        console.print(f"[red]demo failed:[/] {error}")
+        raise typer.Exit(1) from error
+    weights_note = report.backbone["weights"] + ("" if report.backbone["pretrained"] else " (random init)")
+    table = Table(title=f"FedMedCLIP demo: {model} {weights_note}, {rounds} rounds, held-out images via REST")
+    for column in ("site", "images", "classes", "zero-shot acc", "head acc", "ensemble acc", "macro-F1", "mean α"):
+        table.add_column(column)
+    for name, score in report.sites.items():
+        table.add_row(
+            name,
+            str(score.n_images),
+            str(score.n_classes),
+            f"{score.zero_shot_acc:.3f}",
+            f"{score.head_acc:.3f}",
+            f"{score.ensemble_acc:.3f}",
+            f"{score.macro_f1:.3f}",
+            f"{score.mean_alpha:.2f}",
+        )
+    console.print(table)
+    per_round = [max(r.values()) for r in report.upload_bytes_per_round if r]
+    if per_round:
+        console.print(f"upload per site per round: ≤ {max(per_round) / 1024:.1f} KiB")
+    console.print(f"wall time {report.wall_time_s:.0f} s; report: {out_dir / 'report.json'}")
 
 
 def _register_service_groups() -> None:

@@ -55,6 +55,9 @@ def test_operator_workflow(cli: Callable[..., str], server: RunningServer, tmp_p
 
     status = cli("runs", "status", run_id)
     assert "closed" in status and "site-a" in status and "accepted" in status and "train_loss" in status
+    document = json.loads(cli("runs", "status", run_id, "--json"))
+    assert document["run_id"] == run_id
+    assert document["rounds"][0]["participants"][0]["site"] == "site-a"
     assert run_id in cli("runs", "list")
     versions = cli("versions", "list", run_id)
     assert "site-a (12)" in versions

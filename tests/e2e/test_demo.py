@@ -1,0 +1,60 @@
+"""``fedmedclip demo`` as a user runs it: every service a real process, predictions over REST."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_runs_the_federation_and_reports_every_site(tmp_path: Path):
+    out = tmp_path / "demo"
+    exe = Path(sys.executable).parent / "fedmedclip"
+    args = [
+        "demo",
+        "--out-dir",
+        str(out),
+        "--model",
+        "fedmedclip-tiny",
+        "--weights",
+        "random",
+        "--rounds",
+        "2",
+        "--images-per-site",
+        "60",
+        "--image-size",
+        "64",
+        "--timeout",
+        "300",
+    ]
+    result = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["backbone"] == {"name": "fedmedclip-tiny", "weights": "random", "pretrained": False}
+    assert report["rounds"] == 2
+    assert len(report["upload_bytes_per_round"]) == 2
+    assert all(set(r) == {"site-1", "site-2", "site-3"} for r in report["upload_bytes_per_round"])
+    assert set(report["sites"]) == {"site-1", "site-2", "site-3"}
+    for site in report["sites"].values():
+        assert site["n_images"] >= 10 and site["n_classes"] == 4
+        assert 0.0 <= site["ensemble_acc"] <= 1.0 and 0.0 <= site["mean_alpha"] <= 1.0
+    assert "ensemble" in result.stderr + result.stdout  # the results table
+    # Every service stopped: a second run in the same folder starts cleanly.
+    again = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_demo_refuses_a_foreign_folder(tmp_path: Path):
+    (tmp_path / "precious.txt").write_text("keep")
+    exe = Path(sys.executable).parent / "fedmedclip"
+    result = subprocess.run(
+        [str(exe), "demo", "--out-dir", str(tmp_path), "--model", "fedmedclip-tiny", "--weights", "random"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "not empty" in result.stdout + result.stderr
+    assert (tmp_path / "precious.txt").read_text() == "keep"
