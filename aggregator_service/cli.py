@@ -292,7 +292,9 @@ def runs_status(
     config: ConfigOption = None,
     server: ServerOption = None,
     insecure_loopback: InsecureOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the status as one JSON document (for scripts).")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the status as one JSON document (for scripts).")
+    ] = False,
 ) -> None:
     """Rounds, per-site participation, bytes and aggregate metrics of a run, as tables (or JSON)."""
     from rich.table import Table

@@ -7,7 +7,6 @@ possible with ``insecure_loopback`` *and* a loopback bind address, and a weak ad
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -19,6 +18,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from fedmedclip.netaddr import is_loopback
+
 ENV_PREFIX = "FEDMEDCLIP_AGGREGATOR_"
 MIN_ADMIN_TOKEN_CHARS = 24
 # Values people paste from examples; refused even when long enough.
@@ -28,17 +29,6 @@ _MESSAGE_OVERHEAD = 16 << 10  # room for a chunk message's framing around its da
 
 class ConfigError(ValueError):
     """The settings cannot start or reach the service; the message says which setting to fix."""
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1), False for anything else."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 class AggregatorSettings(BaseSettings):

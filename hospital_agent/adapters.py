@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fedmedclip.data.imagefolder import DatasetError, LabeledImages
-from hospital_agent.logs import event
+from fedmedclip.logs import event
 from hospital_agent.settings import ADAPTERS, DataSettings
 
 log = logging.getLogger("hospital_agent.data")

@@ -70,9 +70,9 @@ def run(config: ConfigOption = None) -> None:
     import logging
 
     from fedmedclip.data.imagefolder import DatasetError
+    from fedmedclip.logs import configure_logging, event
     from fedmedclip.model.backbone import WeightsUnavailableError
     from hospital_agent.client import AggregatorError
-    from hospital_agent.logs import configure_logging, event
     from hospital_agent.loop import AgentLoop
     from hospital_agent.settings import ConfigError
     from hospital_agent.state import StateError
@@ -112,9 +112,9 @@ def embed(
     from fedmedclip.console import console, progress_bar
     from fedmedclip.data.cache import EmbeddingCache, embed_images
     from fedmedclip.data.imagefolder import DatasetError
+    from fedmedclip.logs import configure_logging
     from fedmedclip.model.backbone import WeightsUnavailableError, load_backbone
     from hospital_agent.adapters import load_site_images, report_skipped
-    from hospital_agent.logs import configure_logging
     from hospital_agent.trainer import IncompatibleRunError, resolve_device
 
     settings = _settings(config)

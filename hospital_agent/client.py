@@ -28,8 +28,8 @@ import grpc
 
 from fedmedclip import PROTOCOL_VERSION, __version__
 from fedmedclip.federation import serde
+from fedmedclip.logs import event
 from fedmedclip.rpc.v1 import federation_pb2_grpc
-from hospital_agent.logs import event
 from hospital_agent.settings import AgentSettings
 
 log = logging.getLogger("hospital_agent.client")

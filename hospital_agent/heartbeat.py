@@ -11,8 +11,8 @@ import logging
 import threading
 
 from fedmedclip.federation.serde import SiteActivity
+from fedmedclip.logs import event
 from hospital_agent.client import AggregatorError, FederationClient
-from hospital_agent.logs import event
 
 log = logging.getLogger("hospital_agent.heartbeat")
 

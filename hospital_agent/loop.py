@@ -28,10 +28,10 @@ from fedmedclip.federation import serde
 from fedmedclip.federation.codec import CodecConfig
 from fedmedclip.federation.fam_bytes import fam_from_bytes
 from fedmedclip.federation.run_config import RunConfig
+from fedmedclip.logs import event
 from hospital_agent.adapters import load_site_images, report_skipped
 from hospital_agent.client import AgentStopped, AggregatorError, FederationClient, Interceptor
 from hospital_agent.heartbeat import Heartbeat
-from hospital_agent.logs import event
 from hospital_agent.publish import publish_bundle
 from hospital_agent.session import RunSession, prepare_session
 from hospital_agent.settings import AgentSettings, ConfigError

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from fedmedclip.bundle import BackboneRecord, Bundle, prune_versions, write_bundle
-from hospital_agent.logs import event
+from fedmedclip.logs import event
 
 log = logging.getLogger("hospital_agent.publish")
 

@@ -17,9 +17,9 @@ from fedmedclip.data.cache import EmbeddingCache
 from fedmedclip.data.imagefolder import DatasetError, LabeledImages
 from fedmedclip.data.labeled_sites import LabeledSiteEmbeddings
 from fedmedclip.federation.run_config import RunConfig
+from fedmedclip.logs import event
 from fedmedclip.model.backbone import BackboneSpec, load_backbone
 from hospital_agent.adapters import report_skipped
-from hospital_agent.logs import event
 from hospital_agent.settings import AgentSettings
 from hospital_agent.trainer import backbone_spec_for, check_backbone, embed_site, run_templates
 

@@ -12,7 +12,6 @@ data adapter. Messages name the setting to fix and never echo secret values.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from fedmedclip.netaddr import is_loopback
 
 ENV_PREFIX = "FEDMEDCLIP_AGENT_"
 CONFIG_ENV = "FEDMEDCLIP_AGENT_CONFIG"
@@ -34,17 +35,6 @@ _INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}"
 
 class ConfigError(ValueError):
     """The configuration cannot work; the message names the file or setting to fix."""
-
-
-def is_loopback(host: str) -> bool:
-    """``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def split_target(target: str) -> tuple[str, int]:

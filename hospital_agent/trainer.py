@@ -21,13 +21,13 @@ from fedmedclip.data.labeled_sites import LabeledSiteEmbeddings, embed_labeled_s
 from fedmedclip.federation.codec import CodecStats, encode_update
 from fedmedclip.federation.delta import alive_rows_of_state, fam_delta
 from fedmedclip.federation.run_config import RunConfig
+from fedmedclip.logs import event
 from fedmedclip.model.backbone import Backbone, BackboneSpec
 from fedmedclip.model.head import build_head
 from fedmedclip.model.personalised import PersonalisedClassifier
 from fedmedclip.model.prompts import DEFAULT_TEMPLATES
 from fedmedclip.training.local_round import train_local_round
 from fedmedclip.training.metrics import ensemble_report
-from hospital_agent.logs import event
 
 log = logging.getLogger("hospital_agent.trainer")
 # What a site reports of an evaluation: accuracies and macro-F1, nothing per sample.

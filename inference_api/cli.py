@@ -3,12 +3,13 @@ that the umbrella CLI stays quick to start."""
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from fedmedclip.netaddr import is_loopback
 
 app = typer.Typer(
     name="api",
@@ -17,15 +18,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @app.command()
@@ -51,7 +43,7 @@ def serve(
     except (ValidationError, FileNotFoundError, ValueError) as error:
         typer.echo(f"error: invalid inference API settings:\n{error}", err=True)
         raise typer.Exit(2) from error
-    if not _is_loopback(host):
+    if not is_loopback(host):
         if settings.allow_unauthenticated and not settings.api_keys:
             typer.echo(f"error: refusing to serve without API keys on non-loopback address {host}", err=True)
             raise typer.Exit(2)

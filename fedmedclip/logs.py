@@ -1,4 +1,5 @@
-"""Structured logs: one line per event, as ``key=value`` text or JSON, with site/run/round/version fields.
+"""Structured logs for every service: one line per event, as ``key=value`` text or JSON, with run, round,
+site and version fields.
 
 Code logs with ``event(log, "update accepted", site=..., run=..., round=...)``; the fields travel in the
 record's ``fields`` attribute, so journald, a file or a log collector can use them as they are.
@@ -70,7 +71,10 @@ def _not_root_chatter(record: logging.LogRecord) -> bool:
 
 
 def configure_logging(fmt: LogFormat = "text", level: str = "INFO", stream: TextIO | None = None) -> None:
-    """Send every log line (ours, grpc's, torch's) to ``stream`` (stderr: journald under systemd)."""
+    """Send every log line (ours, grpc's, torch's) to ``stream`` (stderr: journald under systemd).
+
+    Replaces the root logger's earlier handlers, so calling it again (tests, restarts) does not duplicate lines.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_not_root_chatter)
