@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test lint format proto proto-check demo e2e-compose postgres bench-p4 bench-p5 clean
+.PHONY: install test lint format proto proto-check demo e2e-compose postgres bench bench-gpu bench-p4 bench-p5 clean
 
 # (Re)install when pyproject.toml changes. pip resolves torch/torchvision/open_clip (DESIGN.md §10).
 $(STAMP): pyproject.toml
@@ -47,6 +47,14 @@ e2e-compose:
 # makes the store suite run against PostgreSQL too (CI does this).
 postgres:
 	@bash scripts/ci/start_postgres.sh
+
+# P1–P5 side by side on this machine; writes bench/results/latest.{json,md} (about 15 minutes on 2 cores).
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+# P2/P3 on a CUDA GPU, stored under the GPU's name in bench/results/gpu.json.
+bench-gpu: $(STAMP)
+	$(PY) bench/gpu.py
 
 bench-p4: $(STAMP)
 	$(PY) bench/p4_predict.py

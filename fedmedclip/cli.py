@@ -126,6 +126,17 @@ def demo(
     console.print(f"wall time {report.wall_time_s:.0f} s; report: {out_dir / 'report.json'}")
 
 
+def _register_experiment() -> None:
+    from fedmedclip.experiment.cli import experiment
+
+    app.command(help="Run the paper's protocol in-process: FedMedCLIP, baselines and ablations on the same splits.")(
+        experiment
+    )
+
+
+_register_experiment()
+
+
 def _register_service_groups() -> None:
     """Each service owns its command group; their modules import only typer at the top, so this is cheap."""
     from aggregator_service.cli import app as aggregator_app

@@ -143,8 +143,9 @@ def train_local_round(
     generator = torch.Generator().manual_seed(seed * 100_003 + round_index)
     text = text_prototypes.to(device)
     labels = labels.to(device)
-    sums = {"loss": 0.0, "contrastive": 0.0, "head_ce": 0.0, "kd": 0.0}
-    correct = 0
+    # Running sums stay on the device: a host sync per step would dominate a round on a GPU.
+    sums = torch.zeros(4, device=device)  # loss, contrastive, head_ce, kd
+    correct = torch.zeros((), device=device)
     seen = 0
     steps = 0
     for _ in range(config.local_epochs):
@@ -155,16 +156,14 @@ def train_local_round(
             terms.total.backward()
             optimiser.step()
             steps += 1
-            sums["loss"] += terms.total.item()
-            sums["contrastive"] += terms.contrastive.item()
-            sums["head_ce"] += terms.head_ce.item()
-            sums["kd"] += terms.kd.item()
+            sums += torch.stack([terms.total, terms.contrastive, terms.head_ce, terms.kd]).detach()
             if terms.head_logits is not None:  # accuracy of the logits seen by this step, before the update
-                correct += int((terms.head_logits.detach().argmax(dim=-1) == batch_labels).sum())
+                correct += (terms.head_logits.detach().argmax(dim=-1) == batch_labels).sum()
                 seen += batch_labels.numel()
     recalibrate_batchnorm(fam, head_module, features, config.batch_size)
-    metrics = {name: total / steps for name, total in sums.items()}
+    means = (sums / steps).tolist()
+    metrics = dict(zip(("loss", "contrastive", "head_ce", "kd"), means, strict=True))
     if seen:
-        metrics["train_head_acc"] = correct / seen
+        metrics["train_head_acc"] = float(correct) / seen
     metrics["fam_alive_rows"] = float(sum(int(layer.alive_rows().sum()) for layer in (fam.m1, fam.m2)))
     return RoundResult(fam_state(fam), head_state(head_module), num_samples, metrics)
