@@ -75,7 +75,7 @@ def test_total_loss_combines_terms_and_switches_work():
     config = TrainConfig(kd_weight=0.5)
     terms = compute_loss(fam, head, features, labels, protos, 10.0, config)
     expected = terms.contrastive + terms.head_ce + 0.5 * terms.kd
-    assert float(terms.total) == pytest.approx(float(expected))
+    assert terms.total.item() == pytest.approx(expected.item())
     only_ce = compute_loss(fam, head, features, labels, protos, 10.0, TrainConfig(use_contrastive=False, use_kd=False))
     assert float(only_ce.contrastive) == 0.0 and float(only_ce.kd) == 0.0
     assert float(only_ce.total) == pytest.approx(float(only_ce.head_ce))
