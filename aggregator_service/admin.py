@@ -112,6 +112,21 @@ def run_status(svc: Services, run_id: str) -> RunStatus:
     run = svc.store.latest_run() if not run_id else svc.store.get_run(run_id)
     if run is None:
         raise NotFound(f"no run {run_id!r}" if run_id else "no run has been started")
+    # The run row and its rounds are separate reads; a round closing between them would show round N closed
+    # while the run still says "current round N". Re-read the run and retry until both reads agree.
+    for _ in range(_STATUS_ATTEMPTS):
+        rounds = _round_statuses(svc, run)
+        again = svc.store.get_run(run.id)
+        if again is None or again == run:
+            break
+        run = again
+    return RunStatus(run, rounds)
+
+
+_STATUS_ATTEMPTS = 5
+
+
+def _round_statuses(svc: Services, run: RunRecord) -> list[RoundStatus]:
     sites = svc.store.list_sites()
     refusals = svc.store.list_audit(limit=1000, outcome="refused", run_id=run.id)
     rounds: list[RoundStatus] = []
@@ -129,7 +144,7 @@ def run_status(svc: Services, run_id: str) -> RunStatus:
         ]
         metrics = dict(record.metrics) or weighted_metrics(list(updates.values()))
         rounds.append(RoundStatus(record, participants, metrics))
-    return RunStatus(run, rounds)
+    return rounds
 
 
 def _participation(site: str, update: UpdateRecord | None, rejection: str | None) -> Participation:
