@@ -15,7 +15,7 @@ import torch
 from fedmedclip.bundle import BackboneRecord
 from fedmedclip.data.cache import EmbeddingCache
 from fedmedclip.data.imagefolder import DatasetError, LabeledImages
-from fedmedclip.data.labeled_sites import LabeledSiteEmbeddings
+from fedmedclip.data.sites import SiteEmbeddings
 from fedmedclip.federation.run_config import RunConfig
 from fedmedclip.logs import event
 from fedmedclip.model.backbone import BackboneSpec, load_backbone
@@ -31,7 +31,7 @@ class RunSession:
     run_id: str
     config: RunConfig
     record: BackboneRecord  # what the bundle records about the backbone (and its logit scale)
-    data: LabeledSiteEmbeddings
+    data: SiteEmbeddings
     prototypes: torch.Tensor  # C × D class text embeddings, in the site's class order
     prompts: tuple[str, ...]  # the templates, in the library's "{}" form
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
+from fedmedclip.data import sites as site_data
 from fedmedclip.data.cache import EmbeddingCache
 from fedmedclip.data.imagefolder import LabeledImages
-from fedmedclip.data.labeled_sites import LabeledSiteEmbeddings, embed_labeled_site
+from fedmedclip.data.sites import SiteEmbeddings
 from fedmedclip.federation.codec import CodecStats, encode_update
 from fedmedclip.federation.delta import alive_rows_of_state, fam_delta
 from fedmedclip.federation.run_config import RunConfig
@@ -70,10 +71,10 @@ def embed_site(
     batch_size: int,
     num_workers: int,
     progress: Callable[[int, int], None] | None = None,
-) -> LabeledSiteEmbeddings:
+) -> SiteEmbeddings:
     """Every usable image as a raw CLIP embedding (cached ones are not recomputed), split 60/20/20."""
     started = time.perf_counter()
-    embedded = embed_labeled_site(
+    embedded = site_data.embed_site(
         backbone,
         images,
         cache,
@@ -181,7 +182,7 @@ class RoundOutcome:
 
 
 def train_round(
-    site: LabeledSiteEmbeddings,
+    site: SiteEmbeddings,
     prototypes: torch.Tensor,
     logit_scale: float,
     config: RunConfig,

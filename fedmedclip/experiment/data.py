@@ -16,7 +16,7 @@ from fedmedclip.data.cache import EmbeddingCache
 from fedmedclip.data.csv_manifest import read_csv_sites
 from fedmedclip.data.imagefolder import DatasetError, ImageRecord, LabeledImages, scan_imagefolder
 from fedmedclip.data.isic2019 import load_isic2019
-from fedmedclip.data.labeled_sites import LabeledSiteEmbeddings, embed_labeled_site
+from fedmedclip.data.sites import SiteEmbeddings, embed_site
 from fedmedclip.data.synth import HOLDOUT_SITE, SynthConfig, generate, read_summary
 from fedmedclip.experiment.config import (
     CsvData,
@@ -46,7 +46,7 @@ class PreparedSite:
     name: str
     classes: list[str]
     prototypes: torch.Tensor  # C × D, normalised
-    embeddings: LabeledSiteEmbeddings
+    embeddings: SiteEmbeddings
 
     def part(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.embeddings.part(name)
@@ -218,7 +218,7 @@ def embed_sites(
     def embed(name: str, images: LabeledImages, test_only: bool) -> PreparedSite:
         nonlocal computed
         with reporter.progress(f"embedding {name} ({backbone.spec.preprocess} preprocessing)") as update:
-            site = embed_labeled_site(
+            site = embed_site(
                 backbone,
                 images,
                 cache,

@@ -11,7 +11,7 @@ from PIL import Image
 
 from fedmedclip.data.cache import EmbeddingCache
 from fedmedclip.data.imagefolder import scan_imagefolder
-from fedmedclip.data.labeled_sites import LabeledSiteEmbeddings
+from fedmedclip.data.sites import SiteEmbeddings
 from fedmedclip.federation.codec import decode_update
 from fedmedclip.federation.run_config import BackboneRef
 from fedmedclip.model.backbone import Backbone, BackboneSpec, load_backbone
@@ -38,7 +38,7 @@ def noise_images(root: Path, per_class: int = 6) -> Path:
     return root
 
 
-def embed(backbone: Backbone, root: Path, cache: EmbeddingCache | None) -> LabeledSiteEmbeddings:
+def embed(backbone: Backbone, root: Path, cache: EmbeddingCache | None) -> SiteEmbeddings:
     return embed_site(backbone, scan_imagefolder(root), cache, site="s", split_seed=0, batch_size=8, num_workers=0)
 
 

@@ -119,15 +119,15 @@ def test_cli_reports_config_and_data_errors(tmp_path, isic_root):
 
 def test_labeled_site_embedding_keeps_paths_aligned(tiny_backbone, isic_root):
     from fedmedclip.data.isic2019 import load_isic2019
-    from fedmedclip.data.labeled_sites import embed_labeled_site
+    from fedmedclip.data.sites import embed_site
 
     images = load_isic2019(isic_root, min_images_per_site=5).sites["head-neck"]
     broken = images.records[0].path
     broken.write_bytes(b"not a jpeg")
-    site = embed_labeled_site(tiny_backbone, images, None, name="head-neck", split_seed=1)
+    site = embed_site(tiny_backbone, images, None, name="head-neck", split_seed=1)
     assert len(site.paths) == site.features.shape[0] == 11
     assert (broken, "not a recognised image format") in site.skipped
     assert site.part_paths("test") == [site.paths[i] for i in site.split.test]
-    held = embed_labeled_site(tiny_backbone, images, None, name="h", test_only=True)
+    held = embed_site(tiny_backbone, images, None, name="h", test_only=True)
     assert held.split.train == [] and len(held.split.test) == 11
     assert Path(held.paths[0]).suffix == ".jpg"
