@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from fedmedclip.atomic_files import fsync_dir, write_atomic
 from fedmedclip.model.backbone import Backbone, BackboneSpec
 from fedmedclip.model.fam import FAM_TENSOR_NAMES, fam_shapes
 from fedmedclip.model.head import DEFAULT_HIDDEN, build_head
@@ -224,27 +225,7 @@ def set_current(root: str | os.PathLike[str], site: str, version: str) -> Bundle
 
 
 def _write_pointer(site_dir: Path, version: str) -> None:
-    temporary = site_dir / f".{CURRENT_POINTER}.{secrets.token_hex(6)}.tmp"
-    with temporary.open("wb") as handle:
-        handle.write(f"{version}\n".encode())
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, site_dir / CURRENT_POINTER)  # readers see the old or the new pointer, never half
-    _fsync_dir(site_dir)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not every platform lets a directory be opened, which is harmless.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    write_atomic(site_dir / CURRENT_POINTER, f"{version}\n".encode())  # readers see the old or the new pointer
 
 
 # --- writing ------------------------------------------------------------------------------------------------
@@ -343,12 +324,12 @@ def write_bundle(
             "metrics": manifest_metrics,
         }
         _write_file(staging / MANIFEST_FILE, json.dumps(manifest, indent=2, allow_nan=False).encode())
-        _fsync_dir(staging)
+        fsync_dir(staging)
         os.rename(staging, final)  # the version appears complete or not at all
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(site_dir)
+    fsync_dir(site_dir)
     bundle = read_bundle(final)  # never point `current` at something a reader would refuse
     if make_current:
         _write_pointer(site_dir, version)

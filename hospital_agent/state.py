@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +28,8 @@ from typing import Any
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
+
+from fedmedclip.atomic_files import write_atomic
 
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
@@ -167,7 +168,7 @@ class StateStore:
                 "residual": self._put_tensors("pending-residual", pending.residual),
             },
         }
-        _write_atomic(self.directory / STATE_FILE, json.dumps(data, indent=1, allow_nan=False).encode())
+        write_atomic(self.directory / STATE_FILE, json.dumps(data, indent=1, allow_nan=False).encode())
         self._collect(data)
 
     # --- blobs ------------------------------------------------------------------------------------------
@@ -183,7 +184,7 @@ class StateStore:
         name = f"{kind}-{digest[:16]}.{suffix}"
         target = self.directory / name
         if not target.is_file() or target.stat().st_size != len(data):
-            _write_atomic(target, data)
+            write_atomic(target, data)
         return {"file": name, "sha256": digest}
 
     def _get_blob(self, ref: Mapping[str, str]) -> bytes:
@@ -251,32 +252,3 @@ def _referenced(value: Any) -> Iterator[str]:
             yield str(value["file"])
         for item in value.values():
             yield from _referenced(item)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with temporary.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)  # readers see the old or the new file, never a torn one
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable (power loss); harmless where directories cannot be opened.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
