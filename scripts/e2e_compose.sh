@@ -206,23 +206,33 @@ prepare_id="$("${COMPOSE[@]}" ps -a -q prepare-sites)"
 [[ "$($DOCKER inspect --format '{{.State.ExitCode}}' "$prepare_id")" == 0 ]] || die "prepare-sites failed"
 log "agents and API started in $((SECONDS - started)) s; waiting for run $RUN_ID"
 deadline=$((SECONDS + RUN_TIMEOUT_S))
+# The machine-readable status: run state and latest FAM version from `runs status --json`.
+run_state() {
+  admin runs status "$RUN_ID" --json 2>/dev/null | python3 -c '
+import json, sys
+try:
+    status = json.loads(sys.stdin.read())
+except ValueError:
+    status = {}
+print(status.get("state", "UNKNOWN"), status.get("latest_version", 0))' || echo "UNKNOWN 0"
+}
 while :; do
-  status="$(admin runs status "$RUN_ID" 2>&1 | head -n 1 || true)"
-  case "$status" in
-    *": completed,"*) break ;;
-    *": failed"* | *": stopped"*) die "run ended badly: $status" ;;
+  read -r state latest <<<"$(run_state)"
+  case "$state" in
+    RUN_STATE_COMPLETED) break ;;
+    RUN_STATE_FAILED | RUN_STATE_STOPPED) die "run ended as $state" ;;
   esac
   for service in agent-site-1 agent-site-2 agent-site-3; do
     id="$(container_of "$service")"
     restarts="$($DOCKER inspect --format '{{.RestartCount}}' "$id")"
     [[ "$restarts" -lt 3 ]] || die "$service keeps restarting ($restarts restarts)"
   done
-  [[ $SECONDS -lt $deadline ]] || die "run not completed within $RUN_TIMEOUT_S s: $status"
+  [[ $SECONDS -lt $deadline ]] || die "run not completed within $RUN_TIMEOUT_S s (state $state)"
   sleep 5
 done
-log "run completed in $((SECONDS - started)) s after the agents started: $status"
-LATEST="$(sed -n 's/.*latest FAM version \([0-9]*\).*/\1/p' <<<"$status")"
-[[ "$LATEST" -ge $((ROUNDS + 1)) ]] || die "expected FAM version >= $((ROUNDS + 1)) after $ROUNDS rounds: $status"
+LATEST="$latest"
+log "run completed in $((SECONDS - started)) s after the agents started; latest FAM version $LATEST"
+[[ "$LATEST" -ge $((ROUNDS + 1)) ]] || die "expected FAM version >= $((ROUNDS + 1)) after $ROUNDS rounds, got $latest"
 admin runs status "$RUN_ID" >&2 || true
 wait_healthy postgres aggregator agent-site-1 agent-site-2 agent-site-3 api
 log "every service healthy"
