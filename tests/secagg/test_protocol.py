@@ -49,7 +49,7 @@ def run_round(
 
 @pytest.mark.parametrize("degree", [None, 4])
 def test_ten_sites_unmask_to_the_exact_integer_sum(degree: int | None) -> None:
-    params, fp, clients = make_round(10, threshold=4, degree=degree)
+    _params, fp, clients = make_round(10, threshold=4, degree=degree)
     rng = np.random.default_rng(0)
     floats = {c.site: rng.uniform(-1, 1, LENGTH) for c in clients}
     weights = {c.site: float(rng.integers(1, 5)) for c in clients}
@@ -63,7 +63,7 @@ def test_ten_sites_unmask_to_the_exact_integer_sum(degree: int | None) -> None:
 
 
 def test_three_of_ten_sites_dropping_after_sharing_keys_leave_the_sum_exact() -> None:
-    params, fp, clients = make_round(10, threshold=5)
+    _params, fp, clients = make_round(10, threshold=5)
     rng = np.random.default_rng(1)
     inputs = {c.site: fp.encode(rng.uniform(-1, 1, LENGTH)) for c in clients}
     dropped = {"site-01", "site-04", "site-08"}
@@ -73,12 +73,12 @@ def test_three_of_ten_sites_dropping_after_sharing_keys_leave_the_sum_exact() ->
 
 
 def test_too_few_survivors_fail_clearly_on_both_sides() -> None:
-    params, fp, clients = make_round(5, threshold=4)
+    params, _fp, clients = make_round(5, threshold=4)
     advertised = [c.advertise() for c in clients]
     for c in clients:
         c.share_keys(advertised)
     for c in clients:
-        c._masked_with = frozenset()  # noqa: SLF001 - no peers: we only probe the unmask checks
+        c._masked_with = frozenset()
     with pytest.raises(SecAggError, match="only 3 survivors"):
         clients[0].unmask(["site-00", "site-01", "site-02"], ["site-03", "site-04"])
     directory = Directory(params, advertised)
@@ -88,7 +88,7 @@ def test_too_few_survivors_fail_clearly_on_both_sides() -> None:
 
 
 def test_a_site_reveals_once_and_never_both_secrets_of_one_peer() -> None:
-    params, fp, clients = make_round(6, threshold=3)
+    _params, _fp, clients = make_round(6, threshold=3)
     advertised = [c.advertise() for c in clients]
     outbox = [item for c in clients for item in c.share_keys(advertised)]
     me = clients[0]
@@ -128,7 +128,7 @@ def test_masked_inputs_are_uniform_and_unrelated_to_the_plaintext() -> None:
 def test_secagg_plus_work_per_site_grows_with_degree_not_n() -> None:
     n = 100
     degree = graph.suggested_degree(n)
-    params, fp, clients = make_round(n, threshold=degree // 2 + 1, degree=degree)
+    _params, _fp, clients = make_round(n, threshold=degree // 2 + 1, degree=degree)
     advertised = [c.advertise() for c in clients]
     sealed = clients[0].share_keys(advertised)
     assert len(sealed) == degree < n - 1
