@@ -5,6 +5,9 @@ kubectl fails these tests (it is a CI requirement), it never skips them."""
 from __future__ import annotations
 
 import functools
+import json
+import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -301,3 +304,135 @@ def test_the_postgres_overlay_refuses_a_reordered_base(tmp_path: Path) -> None:
     )
     with pytest.raises(kube.RenderError):
         kube.render(root / "overlays" / "central-postgres")
+
+
+# --- the rendered environment starts each service ---------------------------------------------------------
+
+# Stand-ins for the values operators put in the referenced Secrets (docs/deploy.md), shaped as the services
+# require: a strong admin token, a hash list for the API, a PostgreSQL URL.
+SECRET_SAMPLES = {
+    ("fedmedclip-aggregator", "database-url"): "postgresql+psycopg://fedmedclip:pw@db.example.org:5432/fedmedclip",
+    ("fedmedclip-aggregator", "admin-token"): "Zk3pQ9vX2mB7nR4tW8yL1cF6hJ0sD5gA",
+    ("fedmedclip-api", "api-keys"): json.dumps([{"name": "ward-a", "sha256": "ab" * 32, "sites": ["*"]}]),
+    ("fedmedclip-site-token", "token"): "site-token-sample-4f9c2a7e1b3d",
+    ("fedmedclip-postgres", "password"): "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+}
+
+
+def container_env(objects: list[Obj], item: Obj) -> dict[str, str]:
+    """The environment the kubelet gives ``item``: ConfigMaps, Secrets (samples) and $(VAR) expansion."""
+    config_maps = {obj["metadata"]["name"]: obj.get("data", {}) for obj in objects if obj["kind"] == "ConfigMap"}
+    values: dict[str, str] = {}
+    for source in item.get("envFrom", []):
+        values.update(config_maps[source["configMapRef"]["name"]])
+    for entry in item.get("env", []):
+        if "value" in entry:
+            values[entry["name"]] = re.sub(
+                r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: values.get(m.group(1), m.group(0)), entry["value"]
+            )
+        else:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            assert (ref["name"], ref["key"]) in SECRET_SAMPLES, f"add a sample for Secret {ref['name']} {ref['key']}"
+            values[entry["name"]] = SECRET_SAMPLES[(ref["name"], ref["key"])]
+    return values
+
+
+def use_env(monkeypatch: pytest.MonkeyPatch, values: dict[str, str]) -> None:
+    for name in list(os.environ):
+        if name.startswith("FEDMEDCLIP_"):
+            monkeypatch.delenv(name)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+def mounted(item: Obj, path: Path) -> bool:
+    return any(path.is_relative_to(mount["mountPath"]) for mount in item.get("volumeMounts", []))
+
+
+@pytest.mark.parametrize("tree", ["central", "overlays/central-postgres"])
+def test_the_aggregator_settings_load_from_the_rendered_environment(tree: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import make_url
+
+    from aggregator_service.settings import AggregatorSettings
+
+    objects = rendered(tree)
+    item = container(objects, "aggregator")
+    use_env(monkeypatch, container_env(objects, item))
+    command = item["command"]
+    host, port = command[command.index("--host") + 1], int(command[command.index("--port") + 1])
+    settings = AggregatorSettings.load(host=host, port=port)  # what `serve --host --port` does
+    assert settings.uses_tls and not settings.insecure_loopback
+    assert settings.tls_cert_file is not None and mounted(item, settings.tls_cert_file)
+    assert make_url(settings.database_url).drivername == "postgresql+psycopg"
+    url = make_url(settings.database_url)
+    if tree == "central":  # the external database, exactly as the Secret holds it
+        assert settings.database_url == SECRET_SAMPLES[("fedmedclip-aggregator", "database-url")]
+    else:  # the in-cluster Service, with the password the StatefulSet was initialised with
+        assert (url.host, url.port, url.password) == (
+            "postgres",
+            5432,
+            SECRET_SAMPLES[("fedmedclip-postgres", "password")],
+        )
+    assert settings.client_target() == f"127.0.0.1:{port}"
+    assert settings.metrics_port in {p["containerPort"] for p in item["ports"]}
+
+
+@pytest.mark.parametrize("tree", ["site", "overlays/site-gpu"])
+def test_the_agent_settings_load_from_the_rendered_environment(tree: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hospital_agent.settings import load_settings
+
+    objects = rendered(tree)
+    item = container(objects, "agent")
+    use_env(monkeypatch, container_env(objects, item))
+    # The Dockerfile bakes deploy/compose/agent.yaml in as the /etc/fedmedclip/agent.yaml the command names.
+    assert item["command"][-1] == "/etc/fedmedclip/agent.yaml"
+    settings = load_settings(kube.REPO / "deploy" / "compose" / "agent.yaml")
+    assert settings.require_token() == SECRET_SAMPLES[("fedmedclip-site-token", "token")]
+    assert settings.tls.ca_file is not None and mounted(item, settings.tls.ca_file)
+    for path in (settings.data.root, settings.state_dir, settings.bundle_root, settings.effective_cache_dir):
+        assert mounted(item, path), f"{path} is not on a volume: the root filesystem is read-only"
+    assert settings.device == ("cuda" if tree.endswith("gpu") else "auto")
+
+
+@pytest.mark.parametrize(("tree", "agent_site"), [("central", None), ("site", True)])
+def test_the_api_settings_load_from_the_rendered_environment(
+    tree: str, agent_site: bool | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inference_api.settings import load_settings
+
+    objects = rendered(tree)
+    item = container(objects, "inference-api")
+    use_env(monkeypatch, container_env(objects, item))
+    settings = load_settings()
+    assert settings.tls and settings.api_keys and not settings.allow_unauthenticated
+    assert mounted(item, settings.bundle_root)
+    assert settings.weights is not None and mounted(item, Path(settings.weights))
+    if agent_site:  # the API reads the bundle_root the agent writes
+        agent_env = container_env(objects, container(objects, "agent"))
+        assert "FEDMEDCLIP_AGENT_BUNDLE_ROOT" not in agent_env  # so the image's file decides: same folder
+        assert str(settings.bundle_root) == "/var/lib/fedmedclip/bundles"
+
+
+def documented_overlay(name: str) -> str:
+    """The ```yaml block of docs/deploy.md that starts with ``# NAME/kustomization.yaml``."""
+    docs = (kube.REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", docs, re.DOTALL)
+    found = [block for block in blocks if block.startswith(f"# {name}/kustomization.yaml")]
+    assert len(found) == 1, f"docs/deploy.md has no example {name}/kustomization.yaml"
+    return found[0]
+
+
+@pytest.mark.parametrize("name", ["my-central", "my-site"])
+def test_the_overlays_in_the_docs_render_and_pass(tmp_path: Path, name: str) -> None:
+    broken_copy(tmp_path, "site/kustomization.yaml", "", "")  # an unmodified copy at tmp_path/kubernetes
+    overlay = tmp_path / name
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(documented_overlay(name), encoding="utf-8")
+    objects = kube.render(overlay)
+    assert {check: run(objects) for check, run in CHECKS.items()} == {check: [] for check in CHECKS}
+    images = sorted(item["image"] for w in kube.workloads(objects) for item in w.containers())
+    assert all(image.startswith("registry.example.org/") for image in images), images
+    if name == "my-site":
+        values = container_env(objects, container(objects, "agent"))
+        assert values["FEDMEDCLIP_AGENT_SITE"] == "st-mary"
+        assert values["FEDMEDCLIP_AGENT_AGGREGATOR"] == "fl.consortium.example:50051"
