@@ -394,10 +394,9 @@ def test_the_agent_settings_load_from_the_rendered_environment(tree: str, monkey
     assert settings.device == ("cuda" if tree.endswith("gpu") else "auto")
 
 
-@pytest.mark.parametrize(("tree", "agent_site"), [("central", None), ("site", True)])
-def test_the_api_settings_load_from_the_rendered_environment(
-    tree: str, agent_site: bool | None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.parametrize("tree", ["central", "site"])
+def test_the_api_settings_load_from_the_rendered_environment(tree: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hospital_agent.settings import load_settings as load_agent_settings
     from inference_api.settings import load_settings
 
     objects = rendered(tree)
@@ -407,10 +406,10 @@ def test_the_api_settings_load_from_the_rendered_environment(
     assert settings.tls and settings.api_keys and not settings.allow_unauthenticated
     assert mounted(item, settings.bundle_root)
     assert settings.weights is not None and mounted(item, Path(settings.weights))
-    if agent_site:  # the API reads the bundle_root the agent writes
-        agent_env = container_env(objects, container(objects, "agent"))
-        assert "FEDMEDCLIP_AGENT_BUNDLE_ROOT" not in agent_env  # so the image's file decides: same folder
-        assert str(settings.bundle_root) == "/var/lib/fedmedclip/bundles"
+    if tree == "site":  # the API serves the folder the agent writes its bundles to
+        use_env(monkeypatch, container_env(objects, container(objects, "agent")))
+        agent = load_agent_settings(kube.REPO / "deploy" / "compose" / "agent.yaml")
+        assert agent.bundle_root == settings.bundle_root
 
 
 def documented_overlay(name: str) -> str:
