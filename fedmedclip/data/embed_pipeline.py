@@ -25,6 +25,7 @@ exactly as in ``cache.embed_images``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import queue
@@ -249,10 +250,8 @@ class EmbedPipeline:
         finally:
             stop.set()
             while producer.is_alive():  # unblock a producer waiting on a full queue
-                try:
+                with contextlib.suppress(queue.Empty):
                     staged.get(timeout=0.05)
-                except queue.Empty:
-                    pass
             producer.join()
 
     # -- producer thread: host work only ---------------------------------------------------------------
@@ -283,7 +282,9 @@ class EmbedPipeline:
                 for start in range(0, len(items), batch_size):
                     chunk = items[start : start + batch_size]
                     jpeg = _HostBatch([], None)
-                    for (path, digest), (data, reason) in zip(chunk, self._readers.map(_read_checked, chunk)):
+                    for (path, digest), (data, reason) in zip(
+                        chunk, self._readers.map(_read_checked, chunk), strict=True
+                    ):
                         if data is None:
                             jpeg.failures[digest] = reason
                         elif data.startswith(_JPEG_MAGIC):
@@ -350,7 +351,9 @@ class EmbedPipeline:
         """uint8 B×3×H×W → what ToTensor then Normalize produce, with the same operations in the same order."""
         return pixels.contiguous().to(torch.float32).div(255).sub_(self._mean).div_(self._std)
 
-    def _decode_jpeg_on_device(self, batch: _HostBatch, failures: dict[str, str]) -> tuple[torch.Tensor | None, list[str]]:
+    def _decode_jpeg_on_device(
+        self, batch: _HostBatch, failures: dict[str, str]
+    ) -> tuple[torch.Tensor | None, list[str]]:
         from torchvision.io import ImageReadMode, decode_jpeg
         from torchvision.transforms.v2 import functional as F
 
@@ -361,7 +364,9 @@ class EmbedPipeline:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
         except RuntimeError:  # one odd file (CMYK, corrupt...) fails the batch: decode one by one instead
-            images = [self._decode_one(raw, digest, failures) for raw, digest in zip(batch.jpeg, batch.digests)]
+            images = [
+                self._decode_one(raw, digest, failures) for raw, digest in zip(batch.jpeg, batch.digests, strict=True)
+            ]
         kept: list[torch.Tensor] = []
         digests: list[str] = []
         for image, digest in zip(images, batch.digests, strict=True):

@@ -188,16 +188,14 @@ class DeviceRoundTrainer:
             with torch.cuda.graph(graph):
                 self._step(self.index)
             self.graph = graph
-        except (RuntimeError, torch.cuda.CUDAError) as error:  # fall back to eager steps, and say so
+        except RuntimeError as error:  # fall back to eager steps, and say so
             self.graph = None
             self.capture_error = f"{error.__class__.__name__}: {error}"
             torch.cuda.synchronize(self.device)
             self.optimiser.zero_grad(set_to_none=True)
 
 
-def _adamw(
-    fam: torch.nn.Module, head: torch.nn.Module, config: TrainConfig, on_cuda: bool
-) -> torch.optim.Optimizer:
+def _adamw(fam: torch.nn.Module, head: torch.nn.Module, config: TrainConfig, on_cuda: bool) -> torch.optim.Optimizer:
     """The optimiser of ``train_local_round``. On CUDA it is capturable, with the learning rates held in
     device tensors, so a captured step reads each round's (decayed) rate instead of baking in the first."""
     fam_lr, head_lr = config.learning_rates(0)

@@ -178,7 +178,10 @@ def train_local_round(
     for _ in range(config.local_epochs):
         for index in shuffled_batches(num_samples, config.batch_size, generator):
             batch_labels = labels[index.to(device)]
-            train_step(fam, head_module, optimiser, features[index.to(device)], batch_labels, text, logit_scale, config, sums, correct)  # fmt: skip
+            batch_features = features[index.to(device)]
+            train_step(
+                fam, head_module, optimiser, batch_features, batch_labels, text, logit_scale, config, sums, correct
+            )
             steps += 1
             if config.use_head_ce or config.use_kd:
                 seen += batch_labels.numel()

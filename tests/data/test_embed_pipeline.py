@@ -45,7 +45,9 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_cpu_route_gives_exactly_the_default_embeddings(tiny_backbone: Backbone, mixed: list[Path], workers: int) -> None:
+def test_cpu_route_gives_exactly_the_default_embeddings(
+    tiny_backbone: Backbone, mixed: list[Path], workers: int
+) -> None:
     expected = embed_images(tiny_backbone, mixed, cache=None, batch_size=3)
     with EmbedPipeline(tiny_backbone, num_workers=workers) as pipeline:
         assert not pipeline.device_jpeg  # no GPU: every format goes to the CPU decoders
@@ -58,7 +60,9 @@ def test_cpu_route_gives_exactly_the_default_embeddings(tiny_backbone: Backbone,
     torch.testing.assert_close(again.features, expected.features.flip(0), atol=1e-5, rtol=1e-5)
 
 
-def test_pipeline_fills_the_cache_like_the_default_pass(tiny_backbone: Backbone, mixed: list[Path], tmp_path: Path) -> None:
+def test_pipeline_fills_the_cache_like_the_default_pass(
+    tiny_backbone: Backbone, mixed: list[Path], tmp_path: Path
+) -> None:
     with EmbeddingCache(tmp_path / "c") as cache, EmbedPipeline(tiny_backbone, num_workers=1) as pipeline:
         first = embed_images(tiny_backbone, mixed, cache, batch_size=4, decoder=pipeline)
         second = embed_images(tiny_backbone, mixed, cache, batch_size=4)
@@ -110,5 +114,3 @@ def _sha(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-

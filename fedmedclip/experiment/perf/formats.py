@@ -69,7 +69,9 @@ def _convert(job: tuple[Path, Path, str, int]) -> Path:
     return target
 
 
-def format_sets(sources: Sequence[Path], out: Path, workers: int = 1, names: Sequence[str] = tuple(FORMATS)) -> dict[str, list[Path]]:
+def format_sets(
+    sources: Sequence[Path], out: Path, workers: int = 1, names: Sequence[str] = tuple(FORMATS)
+) -> dict[str, list[Path]]:
     """``sources`` re-encoded in each format of ``names`` under ``out/<name>/``."""
     jobs: dict[str, list[tuple[Path, Path, str, int]]] = {}
     for name in names:
