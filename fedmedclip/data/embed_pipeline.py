@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import multiprocessing
 import queue
 import threading
@@ -47,6 +48,7 @@ from fedmedclip.data.cache import DecodedBatch, ImageEncoder
 from fedmedclip.data.images import ImageDecodeError, decode_image
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_EXIF_ORIENTATION = 0x0112
 _CHANGED = "file changed while embedding; run again to pick up the new content"
 _QUEUE_DEPTH = 2  # decoded batches waiting for the encoder: double buffering
 
@@ -176,6 +178,18 @@ def _read_checked(item: tuple[Path, str]) -> tuple[bytes | None, str]:
     return data, ""
 
 
+def _gpu_decodable(data: bytes) -> bool:
+    """A JPEG that nvJPEG decodes as Pillow would: not rotated by EXIF (the CUDA decoder ignores the tag;
+    those few go to the CPU workers, where ``decode_image`` applies it). Reads the header only."""
+    if not data.startswith(_JPEG_MAGIC):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.format == "JPEG" and int(image.getexif().get(_EXIF_ORIENTATION, 1)) == 1
+    except Exception:  # let the CPU route produce the proper error for a broken header
+        return False
+
+
 # ---- the pipeline -----------------------------------------------------------------------------------
 
 
@@ -287,7 +301,7 @@ class EmbedPipeline:
                     ):
                         if data is None:
                             jpeg.failures[digest] = reason
-                        elif data.startswith(_JPEG_MAGIC):
+                        elif _gpu_decodable(data):
                             jpeg.digests.append(digest)
                             jpeg.jpeg.append(data)
                         else:

@@ -153,11 +153,19 @@ class DeviceRoundTrainer:
         self, global_fam: dict[str, torch.Tensor], head: dict[str, torch.Tensor] | None, round_index: int, seed: int
     ) -> None:
         """Overwrite every tensor the step touches, in place: the captured graph keeps its addresses."""
-        fam_source = build_fam(self.dim, global_fam).state_dict()  # validates names and shapes
-        head_source = build_head(self.dim, self.num_classes, head, seed=seed, hidden=self.config.head_hidden)
-        for target, source in ((self.fam.state_dict(), fam_source), (self.head.state_dict(), head_source.state_dict())):
+        if head is None:  # the site's first round: a new head, seeded as train_local_round seeds it
+            head = build_head(self.dim, self.num_classes, seed=seed, hidden=self.config.head_hidden).state_dict()
+        for module, source in ((self.fam, global_fam), (self.head, head)):
+            target = module.state_dict()
+            if set(source) != set(target):
+                missing, extra = sorted(set(target) - set(source)), sorted(set(source) - set(target))
+                raise ValueError(f"{type(module).__name__} state mismatch: missing {missing}, unexpected {extra}")
             for name, tensor in target.items():
-                tensor.copy_(source[name], non_blocking=True)
+                if tuple(source[name].shape) != tuple(tensor.shape):
+                    raise ValueError(f"{name} has shape {tuple(source[name].shape)}, expected {tuple(tensor.shape)}")
+                tensor.copy_(source[name], non_blocking=True)  # device to device after the first round
+        self.fam.train()
+        self.head.train()  # recalibrate_batchnorm leaves the FAM in eval mode
         fam_lr, head_lr = self.config.learning_rates(round_index)
         for group, lr in zip(self.optimiser.param_groups, (fam_lr, head_lr), strict=True):
             if isinstance(group["lr"], torch.Tensor):

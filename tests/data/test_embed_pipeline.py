@@ -78,6 +78,18 @@ def test_a_changed_file_is_reported_not_embedded(tiny_backbone: Backbone, mixed:
     assert batches[0].pixels is None and "changed" in batches[0].failures["0" * 64]
 
 
+def test_exif_rotated_jpeg_skips_the_device_route(tiny_backbone: Backbone, mixed: list[Path], tmp_path: Path) -> None:
+    """The CUDA JPEG decoder ignores EXIF orientation, so rotated photos go to the CPU workers."""
+    rotated = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    Image.open(mixed[0]).convert("RGB").resize((80, 48)).save(rotated, exif=exif.tobytes())
+    expected = embed_images(tiny_backbone, [rotated], cache=None)
+    with EmbedPipeline(tiny_backbone, num_workers=0, device_jpeg=True) as pipeline:
+        got = embed_images(tiny_backbone, [rotated], cache=None, decoder=pipeline)
+    assert torch.equal(got.features, expected.features)
+
+
 def test_device_jpeg_route_is_close_to_pillow(tiny_backbone: Backbone, mixed: list[Path]) -> None:
     """decode_jpeg + tensor resize (what the GPU runs), here on the CPU: close to Pillow's pixels."""
     assert plan_preprocess(tiny_backbone.transform).device_jpeg_ok

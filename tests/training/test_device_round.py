@@ -84,6 +84,13 @@ def test_bad_site_data_is_refused_before_any_round() -> None:
         DeviceRoundTrainer(features, labels + 5, protos, logit_scale=14.0)
     with pytest.raises(ValueError, match="at least 2"):
         DeviceRoundTrainer(features[:1], labels[:1], protos, logit_scale=14.0)
+    trainer = DeviceRoundTrainer(features, labels, protos, logit_scale=14.0, config=TrainConfig(head_hidden=8))
+    with pytest.raises(ValueError, match="has shape"):
+        trainer.train_round(fam_state(build_fam(32)), None)
+    wrong = fam_state(build_fam(16))
+    del wrong["m1.kappa"]
+    with pytest.raises(ValueError, match=r"missing \['m1\.kappa'\]"):
+        trainer.train_round(wrong, None)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
