@@ -244,8 +244,9 @@ def embed_images(
             if batch.pixels is not None:
                 encoded = backbone.encode_images(batch.pixels).detach().to("cpu", torch.float32).numpy()
                 fresh = {}
-                for digest, vector in zip(batch.digests, encoded, strict=True):
-                    if np.all(np.isfinite(vector)):
+                finite = np.isfinite(encoded).all(axis=1)  # one vectorised check, not one per row
+                for digest, vector, ok in zip(batch.digests, encoded, finite, strict=True):
+                    if ok:
                         fresh[digest] = vector
                     else:  # e.g. fp16 overflow: report it like a bad image instead of caching poison
                         failed_content[digest] = "the encoder produced non-finite values for this image"

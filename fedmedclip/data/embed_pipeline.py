@@ -131,6 +131,8 @@ class _HostBatch:
     pixels: np.ndarray | torch.Tensor | None  # uint8 B×H×W×3, or float B×3×H×W (whole transform)
     failures: dict[str, str] = field(default_factory=dict)
     jpeg: list[bytes] = field(default_factory=list)  # for the device decoder, one per digest
+    ready: torch.Tensor | None = None  # normalised pixels on the encoder's device, once staged
+    event: Any = None  # a torch.cuda.Event the encoder's stream waits for before reading ``ready``
 
 
 def _decode_batch(items: Sequence[tuple[str, str]], plan: PreprocessPlan | None = None) -> _HostBatch:
@@ -213,7 +215,7 @@ class EmbedPipeline:
         self.device_jpeg = wanted and self.plan.device_jpeg_ok
         self._pool: ProcessPoolExecutor | None = None
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="embed-read")
-        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._stage_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         if self.plan.mean is not None and self.plan.std is not None:
             self._mean = torch.tensor(self.plan.mean, device=self.device).view(1, -1, 1, 1)
             self._std = torch.tensor(self.plan.std, device=self.device).view(1, -1, 1, 1)
@@ -278,10 +280,7 @@ class EmbedPipeline:
         stop: threading.Event,
     ) -> None:
         def emit(batch: _HostBatch) -> bool:
-            if self._copy_stream is not None and isinstance(batch.pixels, np.ndarray):
-                pinned = torch.empty(batch.pixels.shape, dtype=torch.uint8, pin_memory=True)
-                pinned.numpy()[...] = batch.pixels
-                batch.pixels = pinned
+            self._stage(batch)
             while not stop.is_set():
                 try:
                     staged.put(batch, timeout=0.1)
@@ -339,59 +338,75 @@ class EmbedPipeline:
                 except queue.Full:
                     continue
 
-    # -- consumer (the encoding thread): device work -----------------------------------------------------
+    # -- staging, in the producer thread: decode and normalise on the device, on a stream of its own --------
+
+    def _stage(self, batch: _HostBatch) -> None:
+        """Turn a host batch into normalised pixels on the device (``ready``), queued on the staging stream
+        so that it overlaps the encoder's work on the main stream; ``event`` marks when it is done."""
+        stream = self._stage_stream
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            if batch.jpeg:
+                batch.ready, batch.digests = self._decode_jpeg_on_device(batch)
+                batch.jpeg = []
+            elif isinstance(batch.pixels, np.ndarray):  # uint8 from the workers
+                host = torch.from_numpy(batch.pixels)
+                if stream is not None:  # page-locked, so the copy is asynchronous
+                    pinned = torch.empty(host.shape, dtype=torch.uint8, pin_memory=True)
+                    pinned.copy_(host)
+                    host = pinned
+                moved = host.to(self.device, non_blocking=True)
+                batch.ready = self._normalise(moved.permute(0, 3, 1, 2))
+            elif isinstance(batch.pixels, torch.Tensor):  # float: the whole transform ran in the worker
+                batch.ready = batch.pixels.pin_memory().to(self.device, non_blocking=True) if stream else batch.pixels
+            batch.pixels = None
+            if stream is not None and batch.ready is not None:
+                batch.event = torch.cuda.Event()
+                batch.event.record(stream)
+
+    # -- consumer (the encoding thread) ----------------------------------------------------------------
 
     def _to_device(self, batch: _HostBatch) -> DecodedBatch:
-        failures = dict(batch.failures)
-        if batch.jpeg:
-            pixels, digests = self._decode_jpeg_on_device(batch, failures)
-            return DecodedBatch(digests=digests, pixels=pixels, failures=failures)
-        if batch.pixels is None:
-            return DecodedBatch(digests=[], pixels=None, failures=failures)
-        if isinstance(batch.pixels, np.ndarray):
-            batch.pixels = torch.from_numpy(batch.pixels)
-        if batch.pixels.dtype != torch.uint8:  # the whole transform ran in the worker
-            return DecodedBatch(digests=batch.digests, pixels=batch.pixels, failures=failures)
-        if self._copy_stream is not None:
-            with torch.cuda.stream(self._copy_stream):
-                moved = batch.pixels.to(self.device, non_blocking=True)
-            torch.cuda.current_stream(self.device).wait_stream(self._copy_stream)
-            moved.record_stream(torch.cuda.current_stream(self.device))
-        else:
-            moved = batch.pixels
-        return DecodedBatch(digests=batch.digests, pixels=self._normalise(moved.permute(0, 3, 1, 2)), failures=failures)
+        if batch.event is not None and batch.ready is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(batch.event)
+            batch.ready.record_stream(current)  # allocated on the staging stream, read on this one
+        pixels = batch.ready if batch.digests else None
+        return DecodedBatch(digests=batch.digests if pixels is not None else [], pixels=pixels, failures=batch.failures)
 
     def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 B×3×H×W → what ToTensor then Normalize produce, with the same operations in the same order."""
         return pixels.contiguous().to(torch.float32).div(255).sub_(self._mean).div_(self._std)
 
-    def _decode_jpeg_on_device(
-        self, batch: _HostBatch, failures: dict[str, str]
-    ) -> tuple[torch.Tensor | None, list[str]]:
+    def _decode_jpeg_on_device(self, batch: _HostBatch) -> tuple[torch.Tensor | None, list[str]]:
         from torchvision.io import ImageReadMode, decode_jpeg
         from torchvision.transforms.v2 import functional as F
 
         assert self.plan.resize is not None and self.plan.crop is not None
         data = [torch.frombuffer(bytearray(raw), dtype=torch.uint8) for raw in batch.jpeg]
+        images: list[torch.Tensor | None]
         try:
             with warnings.catch_warnings():  # torchvision 0.29 announces a move of its decoders to torchcodec
                 warnings.simplefilter("ignore", DeprecationWarning)
-                images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
+                images = list(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
         except RuntimeError:  # one odd file (CMYK, corrupt...) fails the batch: decode one by one instead
             images = [
-                self._decode_one(raw, digest, failures) for raw, digest in zip(batch.jpeg, batch.digests, strict=True)
+                self._decode_one(raw, d, batch.failures) for raw, d in zip(batch.jpeg, batch.digests, strict=True)
             ]
-        kept: list[torch.Tensor] = []
+        # Resize and crop each source size as one batch: a site's images mostly share a few sizes.
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images):
+            if image is not None:
+                by_shape.setdefault(tuple(image.shape), []).append(index)
+        parts: list[torch.Tensor] = []
         digests: list[str] = []
-        for image, digest in zip(images, batch.digests, strict=True):
-            if image is None:
-                continue
-            resized = F.resize(image, [self.plan.resize], interpolation=T.InterpolationMode.BICUBIC, antialias=True)
-            kept.append(F.center_crop(resized, list(self.plan.crop)))
-            digests.append(digest)
-        if not kept:
+        for indices in by_shape.values():
+            stacked = torch.stack([images[i] for i in indices])  # type: ignore[misc]
+            resized = F.resize(stacked, [self.plan.resize], interpolation=T.InterpolationMode.BICUBIC, antialias=True)
+            parts.append(F.center_crop(resized, list(self.plan.crop)))
+            digests += [batch.digests[i] for i in indices]
+        if not parts:
             return None, []
-        return self._normalise(torch.stack(kept)), digests
+        return self._normalise(torch.cat(parts)), digests
 
     def _decode_one(self, raw: bytes, digest: str, failures: dict[str, str]) -> torch.Tensor | None:
         """The slow path for a JPEG the batched decoder refused: the CPU decoder, same preprocessing."""
