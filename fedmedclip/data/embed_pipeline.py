@@ -25,6 +25,7 @@ exactly as in ``cache.embed_images``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
@@ -214,7 +215,7 @@ class EmbedPipeline:
         wanted = self.device.type == "cuda" if device_jpeg is None else device_jpeg
         self.device_jpeg = wanted and self.plan.device_jpeg_ok
         self._pool: ProcessPoolExecutor | None = None
-        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="embed-read")
+        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="embed-read")  # GPU JPEG route
         self._stage_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         if self.plan.mean is not None and self.plan.std is not None:
             self._mean = torch.tensor(self.plan.mean, device=self.device).view(1, -1, 1, 1)
@@ -233,10 +234,10 @@ class EmbedPipeline:
         return self
 
     def close(self) -> None:
+        """Stop the worker processes; a later call starts new ones."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        self._readers.shutdown(wait=True)
 
     def __enter__(self) -> EmbedPipeline:
         return self.start()
@@ -289,11 +290,26 @@ class EmbedPipeline:
                     continue
             return False
 
+        pending: collections.deque[Future[_HostBatch]] = collections.deque()
+        in_flight = 2 * max(1, self.num_workers)  # keeps every worker busy, bounds the results held
+
+        def submit(batch: list[tuple[str, str]]) -> bool:
+            """Decode a batch on the workers (inline without workers), emitting finished ones in order."""
+            if self._pool is None:
+                return emit(_decode_batch(batch, self.plan))
+            pending.append(self._pool.submit(_decode_batch, batch))
+            while pending and (len(pending) >= in_flight or pending[0].done()):
+                if not emit(pending.popleft().result()):
+                    return False
+            return True
+
         try:
             cpu_items: list[tuple[str, str]] = []
-            if self.device_jpeg:
-                for start in range(0, len(items), batch_size):
-                    chunk = items[start : start + batch_size]
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                if not self.device_jpeg:
+                    cpu_items += [(str(path), digest) for path, digest in chunk]
+                else:
                     jpeg = _HostBatch([], None)
                     for (path, digest), (data, reason) in zip(
                         chunk, self._readers.map(_read_checked, chunk), strict=True
@@ -303,27 +319,19 @@ class EmbedPipeline:
                         elif _gpu_decodable(data):
                             jpeg.digests.append(digest)
                             jpeg.jpeg.append(data)
-                        else:
+                        else:  # PNG, DICOM, EXIF-rotated JPEG...: the workers
                             cpu_items.append((str(path), digest))
                     if (jpeg.digests or jpeg.failures) and not emit(jpeg):
                         return
-            else:
-                cpu_items = [(str(path), digest) for path, digest in items]
-            batches = [cpu_items[s : s + batch_size] for s in range(0, len(cpu_items), batch_size)]
-            if self._pool is None:
-                for batch in batches:
-                    if not emit(_decode_batch(batch, self.plan)):
+                while len(cpu_items) >= batch_size:
+                    if not submit(cpu_items[:batch_size]):
                         return
-            else:
-                # Keep every worker busy and a bounded number of results in flight, in order.
-                pending: list[Future[_HostBatch]] = []
-                next_batch = 0
-                while next_batch < len(batches) or pending:
-                    while next_batch < len(batches) and len(pending) < 2 * self.num_workers:
-                        pending.append(self._pool.submit(_decode_batch, batches[next_batch]))
-                        next_batch += 1
-                    if not emit(pending.pop(0).result()):
-                        return
+                    cpu_items = cpu_items[batch_size:]
+            if cpu_items and not submit(cpu_items):
+                return
+            while pending:
+                if not emit(pending.popleft().result()):
+                    return
             while not stop.is_set():  # None: every item has been emitted
                 try:
                     staged.put(None, timeout=0.1)
