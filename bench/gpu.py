@@ -6,6 +6,8 @@ bench/results/gpu.json under the GPU's name (and to latest.json's "gpu" key when
   previous round path (train_local_round) is timed on the same GPU alongside, for reference.
 - P3-GPU: the embedding pass on 224-px JPEG (decoded on the GPU) vs raw encode_image, alternating chunks.
 - Formats: images/s of decoding alone and of the whole pass, for 224 and 1024-px JPEG, PNG and DICOM.
+- P2-GPU compiled: the same rounds with torch.compile'd FAM and head inside the graph (last: compiling
+  takes a while; everything before it is saved already).
 - P4-GPU: the inference API (bench/p4_predict.py, in this process): batched predict throughput vs raw
   batched encode, and predict p50 vs one raw encode.
 
@@ -52,7 +54,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--embed-batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=max(1, min(12, (os.cpu_count() or 2) - 2)))
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--skip", action="append", default=[], choices=("p2", "p3", "formats", "p4"))
+    parser.add_argument(
+        "--skip", action="append", default=[], choices=("p2", "p3", "formats", "p4", "p2_compiled"), help="repeatable"
+    )
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, a few images: checks the script runs")
     options = parser.parse_args(argv)
     if options.smoke:
@@ -62,6 +66,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         options.p2_images = options.p3_images = options.format_images = 24
         options.rounds, options.reference_rounds, options.fedavg_steps = 3, 2, 1
         options.embed_batch_size, options.workers, options.reps = 8, 1, 1
+        options.skip.append("p2_compiled")  # inductor's CPU compile takes minutes on a busy machine
     return options
 
 
@@ -101,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
             entry["errors"][key] = f"{error.__class__.__name__}: {error}"
             traceback.print_exc()
         print(f"[{time.perf_counter() - started:6.1f} s] {key} done", flush=True)
+        save(entry, complete=False)  # a run cut short still leaves what it measured
+
+    def save(data: dict[str, Any], complete: bool) -> None:
+        data.update(machine=machine_info(device), measured_at=datetime.now(UTC).isoformat(timespec="seconds"))
+        data.update(seconds=time.perf_counter() - started, complete=complete, ratios=_ratios(data))
+        gpu_file = options.results / "gpu.json"
+        known = json.loads(gpu_file.read_text()).get("gpu", {}) if gpu_file.is_file() else {}
+        write_json(gpu_file, {"gpu": {**known, name: data}})
 
     count = max(options.p2_images, options.p3_images, options.format_images)
     per_set = min(256, count)
@@ -116,13 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             part("p3", lambda: _p3(options, backbone, sets["jpeg224"], pipeline))
             part("formats", lambda: _formats(options, backbone, sets, pipeline))
         part("p4", lambda: _p4(options, device, work))
-    entry.update(machine=machine_info(device), measured_at=datetime.now(UTC).isoformat(timespec="seconds"))
-    entry["seconds"] = time.perf_counter() - started
-    entry["ratios"] = _ratios(entry)
+        # Last: compiling takes seconds to a minute, and everything above is saved already.
+        part("p2_compiled", lambda: _p2_compiled(options, backbone, images, entry))
+    save(entry, complete=True)
     print(json.dumps(entry["ratios"], indent=2), flush=True)
     gpu_file = options.results / "gpu.json"
-    known = json.loads(gpu_file.read_text()).get("gpu", {}) if gpu_file.is_file() else {}
-    write_json(gpu_file, {"gpu": {**known, name: entry}})
     latest = options.results / "latest.json"
     if latest.is_file() and not options.smoke:
         data = json.loads(latest.read_text())
@@ -166,6 +177,26 @@ def _p2(options: argparse.Namespace, backbone: Any, paths: list[Path], images: A
     }
     ours["goal_round_speedup"], ours["goal_run_speedup"] = GOAL_P2_ROUND, GOAL_P2_RUN
     return ours
+
+
+def _p2_compiled(options: argparse.Namespace, backbone: Any, images: Any, entry: dict[str, Any]) -> dict[str, Any]:
+    """The device round with torch.compile'd FAM and head, rounds only, against the FedAvg round of P2."""
+    import torch
+
+    from fedmedclip.experiment.perf.compute import device_round_times
+
+    count = options.p2_images
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(count, backbone.embed_dim, generator=generator)  # cached vectors: values do not matter
+    targets = torch.tensor(images.labels[:count])
+    result = device_round_times(
+        backbone, features, targets, images.classes, rounds=options.rounds, compile_modules=True
+    )
+    fedavg_round_s = entry.get("p2", {}).get("fedavg", {}).get("round_s")
+    if fedavg_round_s:
+        result["p2_round_speedup"] = fedavg_round_s / result["round_s_median"]
+    print(f"P2 compiled: {result['round_s_median'] * 1000:.2f} ms/round, set-up {result['setup_s']:.1f} s", flush=True)
+    return result
 
 
 def _p3(options: argparse.Namespace, backbone: Any, paths: list[Path], pipeline: Any) -> dict[str, Any]:
@@ -226,6 +257,10 @@ def _ratios(entry: dict[str, Any]) -> dict[str, Any]:
     return {
         "p2_gpu_round_speedup": {"measured": get("p2", "p2_round_speedup"), "goal_min": GOAL_P2_ROUND},
         "p2_gpu_50round_speedup": {"measured": get("p2", "p2_50round_speedup"), "goal_min": GOAL_P2_RUN},
+        "p2_gpu_round_speedup_compiled": {
+            "measured": get("p2_compiled", "p2_round_speedup"),
+            "goal_min": GOAL_P2_ROUND,
+        },
         "p3_gpu_embed_efficiency_jpeg224": {"measured": get("p3", "p3_embed_efficiency"), "goal_min": GOAL_P3},
         "p4_gpu_batch_throughput_ratio": {
             "measured": get("p4", "p4_batch_throughput_ratio"),

@@ -218,3 +218,53 @@ def _copy_vectors(
 
     vectors = {file_sha256(paths[i]): features[row].numpy() for row, i in enumerate(kept)}
     cache.put_many(backbone.cache_namespace, vectors)
+
+
+def device_round_times(
+    backbone: Backbone,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    classes: Sequence[str],
+    *,
+    rounds: int,
+    batch_size: int = 32,
+    compile_modules: bool = False,
+) -> dict[str, Any]:
+    """Our rounds alone (training + masked update encoding) on ``DeviceRoundTrainer``: for comparing round
+    paths on one machine (e.g. with and without ``torch.compile``). The first round holds the set-up,
+    capture and compilation; ``setup_s`` reports it and the median leaves it out."""
+    device = backbone.device
+    config = TrainConfig(batch_size=batch_size)
+    prototypes = backbone.class_prototypes(classes).to(device)
+    features, targets = features.to(device), targets.to(device)
+    fam = {name: tensor.to(device) for name, tensor in fam_state(build_fam(features.shape[1])).items()}
+    head: dict[str, torch.Tensor] | None = None
+    residual: dict[str, torch.Tensor] | None = None
+    trainer = None
+    round_s: list[float] = []
+    for round_index in range(rounds):
+        with stopwatch(device) as elapsed:
+            if trainer is None:
+                trainer = DeviceRoundTrainer(
+                    features, targets, prototypes, logit_scale=backbone.logit_scale, config=config,
+                    compile_modules=compile_modules,
+                )  # fmt: skip
+            result = trainer.train_round(fam, head, round_index=round_index)
+            encoded = encode_update(
+                fam_delta(result.fam_state, fam),
+                alive_rows_of(build_fam(features.shape[1], result.fam_state)),
+                residual,
+                CodecConfig(),
+            )
+        round_s.append(elapsed())
+        fam, head, residual = result.fam_state, result.head_state, encoded.residual
+    assert trainer is not None
+    steady = round_s[1:] or round_s
+    return {
+        "round_s_median": median(steady),
+        "setup_s": round_s[0],
+        "rounds": rounds,
+        "compile_modules": compile_modules,
+        "cuda_graph": trainer.captured,
+        "capture_error": trainer.capture_error,
+    }
