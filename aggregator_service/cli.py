@@ -85,9 +85,9 @@ def _when(stamp: Any) -> str:
 
 
 def _console() -> Any:
-    from rich.console import Console
+    from fedmedclip.console import stdout_console  # tables whole in a pipe, fitted on a terminal
 
-    return Console()
+    return stdout_console()
 
 
 # --- serve --------------------------------------------------------------------------------------------
