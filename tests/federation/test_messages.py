@@ -106,9 +106,10 @@ SAMPLES: list[Any] = [
 @pytest.mark.parametrize("value", SAMPLES, ids=lambda v: type(v).__name__)
 def test_round_trip_through_wire_bytes(value: Any) -> None:
     to_proto, from_proto, proto_class = serde.CONVERTERS[type(value)]
-    message = to_proto(value)
+    message: Any = to_proto(value)
+    wire: Any = proto_class
+    assert from_proto(wire.FromString(message.SerializeToString())) == value
     assert isinstance(message, proto_class)
-    assert from_proto(proto_class.FromString(message.SerializeToString())) == value
 
 
 def test_every_message_has_a_pair_and_a_sample() -> None:
@@ -135,11 +136,11 @@ def test_enums_map_every_wire_value() -> None:
 def test_unknown_or_missing_wire_values_are_refused_clearly() -> None:
     with pytest.raises(ValueError, match="unknown run state value 9"):
         serde.stop_run_reply_from_proto(admin_pb2.StopRunResponse(state=9))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="Site.enrolled_at is missing"):
+    with pytest.raises(ValueError, match=r"Site\.enrolled_at is missing"):
         serde.site_from_proto(admin_pb2.Site(name="x"))
+    header = federation_pb2.UpdateHeader(run_id="r1")
+    header.codec.quantization = 9  # type: ignore[assignment]
     with pytest.raises(ValueError, match="header codec: unknown quantization"):
-        header = federation_pb2.UpdateHeader(run_id="r1")
-        header.codec.quantization = 9  # type: ignore[assignment]
         serde.update_header_from_proto(header)
     # Heartbeat activity is informational: a newer site's unknown activity reads as idle, not as an error.
     odd = federation_pb2.HeartbeatRequest(run_id="r1", activity=42)  # type: ignore[arg-type]
