@@ -159,7 +159,9 @@ def runs_start(
     if weights is not None:
         backbone["weights"] = None if weights.lower() in ("", "none", "random") else weights
     try:
-        parsed = run_config_from_yaml(text, flags, backbone, source=str(run_config or "flags"))
+        parsed = run_config_from_yaml(
+            text, flags, backbone, source=f"run config {run_config}" if run_config else "run config"
+        )
     except ValueError as exc:
         raise fail(str(exc)) from exc
     client = _client(config, server, insecure_loopback)
