@@ -137,6 +137,15 @@ def _register_experiment() -> None:
 _register_experiment()
 
 
+def _register_backbone() -> None:
+    from fedmedclip.model.pack_cli import app as backbone_app
+
+    app.add_typer(backbone_app, name="backbone", help="Backbone packs: a CLIP model as checked files for offline sites.")
+
+
+_register_backbone()
+
+
 def _register_service_groups() -> None:
     """Each service owns its command group; their modules import only typer at the top, so this is cheap."""
     from aggregator_service.cli import app as aggregator_app

@@ -242,7 +242,7 @@ def build_model(model_cfg: Mapping[str, Any], text_dir: Path | None) -> Any:
         return CLIP(**cfg)
     except ImportError as error:
         raise PackError(
-            f"this backbone needs an optional library ({error}); install fedmedclip[hf-text] for Hugging Face text towers"
+            f"this backbone needs an optional library ({error}); Hugging Face text towers need fedmedclip[hf-text]"
         ) from None
     except (TypeError, ValueError, KeyError, RuntimeError, OSError) as error:
         raise PackError(f"cannot build the model from its config: {error}") from None
