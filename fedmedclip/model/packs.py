@@ -337,20 +337,49 @@ def _copy_tokenizer(model_cfg: Mapping[str, Any], folders: Sequence[Path], stagi
     shutil.copyfile(Path(open_clip.__file__).parent / BPE_VOCAB, staging / TOKENIZER_DIR / BPE_VOCAB)
 
 
-def _load_source_weights(model: Any, checkpoint: Path) -> None:
-    from open_clip.factory import load_checkpoint
-
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors. Pickles go through ``torch.load(weights_only=True)`` and nothing else: open_clip's
+    own reader falls back to a full unpickle on ``TypeError``, which would run a hostile file's code."""
     try:
-        # weights_only=True: a pickle checkpoint may hold tensors and plain containers, never code.
-        load_checkpoint(model, str(checkpoint), strict=True, weights_only=True)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        if "state_dict" in str(error) or "size mismatch" in str(error) or "Missing key" in str(error):
-            raise PackError(f"{checkpoint}: the weights do not fit the config ({first})") from None
-        raise PackError(f"{checkpoint}: unknown checkpoint format ({first})") from None
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            loaded: object = load_file(str(path), device="cpu")
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load and safetensors raise many unrelated types for a foreign file
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise PackError(f"{checkpoint}: unknown checkpoint format ({error.__class__.__name__}: {message})") from None
+        message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise PackError(f"{path}: unknown checkpoint format ({error.__class__.__name__}: {message})") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not loaded:
+        raise PackError(f"{path}: unknown checkpoint format (not a state dict of tensors)")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()):
+        raise PackError(f"{path}: unknown checkpoint format (holds entries other than named tensors)")
+    if all(key.startswith("module.") for key in loaded):  # saved from DistributedDataParallel
+        loaded = {key[len("module.") :]: value for key, value in loaded.items()}
+    return loaded
+
+
+def _load_source_weights(model: Any, checkpoint: Path) -> None:
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict
+
+    state = read_checkpoint(checkpoint)
+    try:
+        # The same renames open_clip applies to older or third-party layouts; no resizing: a pack must fit exactly.
+        state = convert_state_dict(model, state)
+        if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+            state = convert_to_custom_text_state_dict(state)
+        if "logit_scale" in state and model.logit_scale.ndim != state["logit_scale"].ndim:
+            state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+        # transformers >= 4.31 no longer stores BERT's position_ids, older BiomedCLIP checkpoints do.
+        state.pop("text.transformer.embeddings.position_ids", None)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError, ValueError, AssertionError) as error:
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        detail = "; ".join(lines[:2])[:300] or error.__class__.__name__
+        raise PackError(f"{checkpoint}: the weights do not fit the config ({detail})") from None
 
 
 def pack(
