@@ -140,7 +140,7 @@ _register_experiment()
 def _register_backbone() -> None:
     from fedmedclip.model.pack_cli import app as backbone_app
 
-    app.add_typer(backbone_app, name="backbone", help="Backbone packs: a CLIP model as checked files for offline sites.")
+    app.add_typer(backbone_app, name="backbone", help="Backbone packs: a CLIP model as checked files, loaded offline.")
 
 
 _register_backbone()

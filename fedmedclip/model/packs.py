@@ -255,12 +255,12 @@ def _tokenizer(model_cfg: Mapping[str, Any], root: Path) -> Callable[[Sequence[s
     if is_hf_text(model_cfg):
         from open_clip.tokenizer import HFTokenizer
 
-        return HFTokenizer(  # type: ignore[no-any-return]
+        return HFTokenizer(
             str(root / TEXT_DIR), context_length=context_length, tokenizer_mode=text_cfg.get("tokenizer_mode"), **kwargs
         )
     from open_clip.tokenizer import SimpleTokenizer
 
-    return SimpleTokenizer(bpe_path=str(root / TOKENIZER_DIR / BPE_VOCAB), context_length=context_length, **kwargs)  # type: ignore[no-any-return]
+    return SimpleTokenizer(bpe_path=str(root / TOKENIZER_DIR / BPE_VOCAB), context_length=context_length, **kwargs)
 
 
 def _transform(model: Any, preprocess_cfg: Mapping[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
@@ -269,7 +269,7 @@ def _transform(model: Any, preprocess_cfg: Mapping[str, Any]) -> Callable[[Image
     merged = merge_preprocess_dict(PreprocessCfg(), dict(preprocess_cfg))
     merged["size"] = model.visual.image_size
     model.visual.preprocess_cfg = merged  # what open_clip's own factory records
-    return image_transform_v2(PreprocessCfg(**merged), is_train=False)  # type: ignore[no-any-return]
+    return image_transform_v2(PreprocessCfg(**merged), is_train=False)
 
 
 # --- packing ---------------------------------------------------------------------------------------------------------

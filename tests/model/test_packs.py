@@ -150,13 +150,13 @@ def test_verify_reports_each_problem_in_one_line(tmp_path: Path, biomed_pack: tu
         result = cli("backbone", "verify", str(folder))
         assert result.exit_code == 1, folder
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    with pytest.raises(WeightsUnavailableError, match="vocab.txt: digest mismatch"):
+    with pytest.raises(WeightsUnavailableError, match=r"vocab\.txt: digest mismatch"):
         load_backbone(BackboneSpec("biomedclip-shrunk", str(tampered)), device="cpu")
 
 
 def test_the_spec_must_name_the_pack_model(tiny_pack: tuple[Path, Any]) -> None:
     pack, _ = tiny_pack
-    with pytest.raises(WeightsUnavailableError, match="holds model 'fedmedclip-tiny'.*set model: fedmedclip-tiny"):
+    with pytest.raises(WeightsUnavailableError, match=r"holds model 'fedmedclip-tiny'.*set model: fedmedclip-tiny"):
         load_backbone(BackboneSpec("ViT-B-32", str(pack)), device="cpu")
 
 
@@ -197,7 +197,7 @@ def test_pack_refuses_bad_sources_clearly(tmp_path: Path, tiny_pack: tuple[Path,
         (["backbone", "pack", str(bare), str(tmp_path / "p4")], "no open_clip_config.json; pass --config"),
         (["backbone", "pack", str(snapshot), str(tmp_path / "p5")], "name the model with --model"),
         (["backbone", "pack", str(snapshot), str(tiny_pack[0]), "--model", "t"], "already exists"),
-        (["backbone", "pack", str(snapshot), str(tmp_path / "p6"), "--config", "openai-vit-b-16"], "another architecture"),
+        (["backbone", "pack", str(snapshot), str(tmp_path / "p6"), "--config", "openai-vit-b-16"], "another arch"),
         (["backbone", "pack", str(tmp_path / "nowhere"), str(tmp_path / "p7")], "does not exist"),
     ]
     for args, message in cases:
@@ -228,7 +228,9 @@ FULL_SIZE = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("config", "model", "dim"), FULL_SIZE, ids=[row[0] for row in FULL_SIZE])
-def test_shipped_config_at_full_size_packs_and_embeds_offline(tmp_path: Path, config: str, model: str, dim: int) -> None:
+def test_shipped_config_at_full_size_packs_and_embeds_offline(
+    tmp_path: Path, config: str, model: str, dim: int
+) -> None:
     """The real architecture of each shipped config, random weights, through `backbone pack` and load_backbone."""
     source = write_snapshot(known(config), tmp_path / "snapshot")
     result = cli("backbone", "pack", str(tmp_path / "snapshot"), str(tmp_path / "pack"), "--config", config)
