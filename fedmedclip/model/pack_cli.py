@@ -66,7 +66,8 @@ def pack_command(
     the tokenizer, a Hugging Face text tower's config, and manifest.json with every file's sha256 and the pack
     digest. Prints the digest: pin it in the run config as backbone.weights_digest.
     """
-    from fedmedclip.model.packs import PackError, pack
+    from fedmedclip.model.packing import pack
+    from fedmedclip.model.packs import PackError
 
     try:
         manifest = pack(source, out, config=config, model_name=model, text_config=text_config, tokenizer_dir=tokenizer)

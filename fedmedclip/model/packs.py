@@ -1,5 +1,7 @@
 """Backbone packs: a frozen CLIP as a self-contained folder of files that loads with no network (docs/design.md §3.1).
 
+This module defines the format and reads it (``verify``, ``load``); ``fedmedclip.model.packing`` writes it.
+
 A pack holds everything that changes an embedding, each file listed with its sha256 in ``manifest.json``:
 
 - ``open_clip_config.json``: the architecture in open_clip's hub layout (``model_cfg`` + ``preprocess_cfg``);
@@ -23,15 +25,11 @@ import copy
 import gzip
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
 from PIL import Image
 
@@ -45,28 +43,6 @@ PACK_FORMAT = "fedmedclip-backbone-pack"
 PACK_FORMAT_VERSION = 1
 KNOWN_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "backbones"
 
-# Checkpoint names a downloaded model folder uses, best first (safetensors before pickles).
-SOURCE_CHECKPOINTS = (
-    "open_clip_model.safetensors",
-    "open_clip_pytorch_model.safetensors",
-    "model.safetensors",
-    "open_clip_pytorch_model.bin",
-    "pytorch_model.bin",
-)
-CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-# Files a Hugging Face tokenizer may read; copied into text/ when the source has them.
-HF_TOKENIZER_FILES = (
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-)
-_HF_VOCAB_FILES = ("vocab.txt", "vocab.json", "tokenizer.json", "spiece.model", "sentencepiece.bpe.model")
 _HASH_CHUNK = 1 << 20
 
 
@@ -125,7 +101,7 @@ def pack_digest(files: Mapping[str, str]) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
-def _pack_files(root: Path) -> list[str]:
+def pack_files(root: Path) -> list[str]:
     names = []
     for path in sorted(root.rglob("*")):
         if path.is_symlink():
@@ -145,7 +121,7 @@ def known_configs() -> dict[str, Path]:
     return {path.stem: path for path in sorted(KNOWN_CONFIG_DIR.glob("*.json"))}
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
+def read_json(path: Path, what: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -168,10 +144,10 @@ def read_config(name_or_path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         names = ", ".join(known) or "none shipped"
         raise PackError(f"config {name_or_path!r} is neither a JSON file nor a known config ({names})")
-    data = _read_json(path, "config")
+    data = read_json(path, "config")
     if "model_cfg" not in data and {"embed_dim", "vision_cfg", "text_cfg"} <= data.keys():
         data = {"model_cfg": data, "preprocess_cfg": {}}
-    _check_model_cfg(data.get("model_cfg"), path)
+    check_model_cfg(data.get("model_cfg"), path)
     text_cfg = data["model_cfg"]["text_cfg"]
     if text_cfg.get("hf_model_name"):
         # Older hub configs (BiomedCLIP before 2024) spell the Hugging Face tower's settings without the prefix.
@@ -181,7 +157,7 @@ def read_config(name_or_path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _check_model_cfg(model_cfg: object, where: object) -> None:
+def check_model_cfg(model_cfg: object, where: object) -> None:
     if not isinstance(model_cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= model_cfg.keys():
         raise PackError(
             f"{where}: unknown config format (expected open_clip's model_cfg with embed_dim, vision_cfg, text_cfg)"
@@ -196,17 +172,17 @@ def is_hf_text(model_cfg: Mapping[str, Any]) -> bool:
     return bool(model_cfg["text_cfg"].get("hf_model_name"))
 
 
-def _matching_known_name(config: Mapping[str, Any]) -> str | None:
+def matching_known_name(config: Mapping[str, Any]) -> str | None:
     """The ``fedmedclip.model`` name of a shipped config with the same architecture, if any."""
-    wanted = _architecture(config["model_cfg"])
+    wanted = architecture(config["model_cfg"])
     for path in known_configs().values():
-        known = _read_json(path, "config")
-        if _architecture(known["model_cfg"]) == wanted:
+        known = read_json(path, "config")
+        if architecture(known["model_cfg"]) == wanted:
             return str(known.get("fedmedclip", {}).get("model") or path.stem)
     return None
 
 
-def _architecture(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+def architecture(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """A config without the hub names of its text tower and the timm "pretrained" switch, which do not shape it."""
     cfg = copy.deepcopy(dict(model_cfg))
     for key in ("hf_model_name", "hf_tokenizer_name", "hf_model_pretrained"):
@@ -272,199 +248,6 @@ def _transform(model: Any, preprocess_cfg: Mapping[str, Any]) -> Callable[[Image
     return image_transform_v2(PreprocessCfg(**merged), is_train=False)
 
 
-# --- packing ---------------------------------------------------------------------------------------------------------
-
-
-def _source_checkpoint(source: Path) -> Path:
-    if source.is_file():
-        return source
-    for name in SOURCE_CHECKPOINTS:
-        if (source / name).is_file():
-            return source / name
-    candidates = sorted(p for p in source.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
-    if len(candidates) == 1:
-        return candidates[0]
-    if not candidates:
-        raise PackError(f"{source}: no checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}) in the model folder")
-    raise PackError(f"{source}: several checkpoints ({', '.join(p.name for p in candidates)}); pass the file itself")
-
-
-def _text_config(
-    model_cfg: Mapping[str, Any], config: Mapping[str, Any], folders: Sequence[Path], text_config: Path | None
-) -> dict[str, Any]:
-    """The Hugging Face text tower's config.json: given, in the model folder, or carried by a shipped config."""
-    if text_config is not None:
-        return _read_json(text_config, "text-tower config")
-    for folder in folders:
-        candidate = folder / "config.json"
-        if candidate.is_file():
-            data = _read_json(candidate, "text-tower config")
-            if "model_type" in data:
-                return data
-    carried = config.get("fedmedclip", {}).get("text_config")
-    if isinstance(carried, dict):
-        return dict(carried)
-    name = model_cfg["text_cfg"].get("hf_model_name")
-    raise PackError(
-        f"the text tower {name} needs its Hugging Face config.json: put it in the model folder, pass --text-config, "
-        "or use a shipped --config that carries it"
-    )
-
-
-def _copy_tokenizer(model_cfg: Mapping[str, Any], folders: Sequence[Path], staging: Path) -> None:
-    if is_hf_text(model_cfg):
-        target = staging / TEXT_DIR
-        copied = []
-        for name in HF_TOKENIZER_FILES:
-            for folder in folders:
-                if (folder / name).is_file():
-                    shutil.copyfile(folder / name, target / name)
-                    copied.append(name)
-                    break
-        if not set(copied) & set(_HF_VOCAB_FILES):
-            where = ", ".join(str(f) for f in folders)
-            raise PackError(
-                f"no tokenizer vocabulary ({', '.join(_HF_VOCAB_FILES)}) for the Hugging Face text tower in {where}; "
-                "pass --tokenizer DIR"
-            )
-        return
-    (staging / TOKENIZER_DIR).mkdir()
-    for folder in folders:
-        if (folder / BPE_VOCAB).is_file():
-            shutil.copyfile(folder / BPE_VOCAB, staging / TOKENIZER_DIR / BPE_VOCAB)
-            return
-    # open_clip models share one BPE vocabulary, shipped with open_clip; the pack carries its own copy.
-    shutil.copyfile(Path(open_clip.__file__).parent / BPE_VOCAB, staging / TOKENIZER_DIR / BPE_VOCAB)
-
-
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """A checkpoint's tensors. Pickles go through ``torch.load(weights_only=True)`` and nothing else: open_clip's
-    own reader falls back to a full unpickle on ``TypeError``, which would run a hostile file's code."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            loaded: object = load_file(str(path), device="cpu")
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load and safetensors raise many unrelated types for a foreign file
-        message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        raise PackError(f"{path}: unknown checkpoint format ({error.__class__.__name__}: {message})") from None
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or not loaded:
-        raise PackError(f"{path}: unknown checkpoint format (not a state dict of tensors)")
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()):
-        raise PackError(f"{path}: unknown checkpoint format (holds entries other than named tensors)")
-    if all(key.startswith("module.") for key in loaded):  # saved from DistributedDataParallel
-        loaded = {key[len("module.") :]: value for key, value in loaded.items()}
-    return loaded
-
-
-def _load_source_weights(model: Any, checkpoint: Path) -> None:
-    from open_clip.convert import convert_state_dict
-    from open_clip.model import convert_to_custom_text_state_dict
-
-    state = read_checkpoint(checkpoint)
-    try:
-        # The same renames open_clip applies to older or third-party layouts; no resizing: a pack must fit exactly.
-        state = convert_state_dict(model, state)
-        if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
-            state = convert_to_custom_text_state_dict(state)
-        if "logit_scale" in state and model.logit_scale.ndim != state["logit_scale"].ndim:
-            state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
-        # transformers >= 4.31 no longer stores BERT's position_ids, older BiomedCLIP checkpoints do.
-        state.pop("text.transformer.embeddings.position_ids", None)
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, KeyError, ValueError, AssertionError) as error:
-        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-        detail = "; ".join(lines[:2])[:300] or error.__class__.__name__
-        raise PackError(f"{checkpoint}: the weights do not fit the config ({detail})") from None
-
-
-def pack(
-    source: Path,
-    out: Path,
-    *,
-    config: str | Path | None = None,
-    model_name: str | None = None,
-    text_config: Path | None = None,
-    tokenizer_dir: Path | None = None,
-) -> PackManifest:
-    """Turn a downloaded model folder (or a checkpoint file plus ``config``) into a verified pack at ``out``.
-
-    The pack is written to a sibling temporary folder and renamed into place, so ``out`` is either absent or
-    complete. ``out`` must not exist yet.
-    """
-    source = source.expanduser()
-    out = out.expanduser()
-    if not source.exists():
-        raise PackError(f"source {source} does not exist")
-    if out.exists():
-        raise PackError(f"output {out} already exists; choose a new folder")
-    folder = source if source.is_dir() else source.parent
-    own = read_config(folder / CONFIG) if (folder / CONFIG).is_file() else None
-    if config is None:
-        if own is None:
-            raise PackError(f"{folder}: no {CONFIG}; pass --config (a known name or an open_clip config JSON)")
-        cfg = own
-    else:
-        cfg = read_config(config)
-        if own is not None and _architecture(own["model_cfg"]) != _architecture(cfg["model_cfg"]):
-            raise PackError(f"{folder / CONFIG} describes another architecture than --config {config}")
-    model_cfg = cfg["model_cfg"]
-    name = model_name or cfg.get("fedmedclip", {}).get("model")
-    if not name:
-        match = _matching_known_name(cfg)
-        hint = f" (the architecture matches the shipped config of {match})" if match else ""
-        raise PackError(f"name the model with --model, the name runs and agents use for it{hint}")
-    folders = [tokenizer_dir.expanduser()] if tokenizer_dir is not None else []
-    folders.append(folder)
-    checkpoint = _source_checkpoint(source)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        hf = is_hf_text(model_cfg)
-        if hf:
-            (staging / TEXT_DIR).mkdir()
-            text = _text_config(model_cfg, cfg, folders, text_config)
-            _write_json(staging / TEXT_DIR / "config.json", text)
-        _copy_tokenizer(model_cfg, folders, staging)
-        stored = {"model_cfg": model_cfg, "preprocess_cfg": cfg.get("preprocess_cfg", {})}
-        _write_json(staging / CONFIG, stored)
-
-        rng = torch.random.get_rng_state()
-        try:
-            model = build_model(model_cfg, staging / TEXT_DIR if hf else None)
-        finally:
-            torch.random.set_rng_state(rng)
-        _load_source_weights(model, checkpoint)
-        from safetensors.torch import save_model
-
-        save_model(model, str(staging / WEIGHTS))  # save_model de-duplicates shared tensors
-        files = {relative: file_sha256(staging / relative) for relative in _pack_files(staging)}
-        manifest = PackManifest(
-            model=str(name),
-            digest=pack_digest(files),
-            files=files,
-            text_tower="hf" if hf else "open_clip",
-            embed_dim=int(model_cfg["embed_dim"]),
-            source=source.name,
-        )
-        _write_json(staging / MANIFEST, manifest.to_json())
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return manifest
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    # Sorted keys and a fixed layout: packing the same inputs twice gives byte-identical files.
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
 # --- verifying and loading -------------------------------------------------------------------------------------------
 
 
@@ -473,7 +256,7 @@ def is_pack(path: Path) -> bool:
 
 
 def read_manifest(root: Path) -> PackManifest:
-    data = _read_json(root / MANIFEST, "pack manifest")
+    data = read_json(root / MANIFEST, "pack manifest")
     if data.get("format") != PACK_FORMAT:
         raise PackError(f"{root / MANIFEST}: unknown format {data.get('format')!r} (expected {PACK_FORMAT!r})")
     version = data.get("format_version")
@@ -519,7 +302,7 @@ def verify(root: Path) -> PackManifest:
     for relative in required:
         if relative not in manifest.files:
             raise PackError(f"{root / MANIFEST}: does not list the required file {relative}")
-    present = set(_pack_files(root))
+    present = set(pack_files(root))
     for relative, expected in sorted(manifest.files.items()):
         if relative not in present:
             raise PackError(f"{root / relative}: missing file")
@@ -540,9 +323,9 @@ def verify(root: Path) -> PackManifest:
 def load(root: Path) -> LoadedPack:
     """Verify the pack and build its model, tokenizer and image transform from its files only."""
     manifest = verify(root)
-    cfg = _read_json(root / CONFIG, "pack config")
+    cfg = read_json(root / CONFIG, "pack config")
     model_cfg = cfg.get("model_cfg")
-    _check_model_cfg(model_cfg, root / CONFIG)
+    check_model_cfg(model_cfg, root / CONFIG)
     assert isinstance(model_cfg, dict)
     if is_hf_text(model_cfg) != (manifest.text_tower == "hf"):
         raise PackError(f"{root / MANIFEST}: text_tower {manifest.text_tower!r} does not match the config")
@@ -559,3 +342,8 @@ def load(root: Path) -> LoadedPack:
     except (OSError, ValueError, gzip.BadGzipFile) as error:
         raise PackError(f"{root}: cannot load the tokenizer: {error}") from None
     return LoadedPack(manifest, model, tokenizer, _transform(model, cfg.get("preprocess_cfg") or {}))
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    # Sorted keys and a fixed layout: packing the same inputs twice gives byte-identical files.
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from fedmedclip.data.synth import SynthSummary
 from fedmedclip.federation.run_config import BackboneRef
-from fedmedclip.model import packs
+from fedmedclip.model import packing
 from fedmedclip.model.backbone import TINY_MODEL, BackboneSpec, load_backbone
 from hospital_agent.cli import EXIT_CONFIG, app
 from hospital_agent.trainer import check_backbone
@@ -24,7 +24,7 @@ TINY_CONFIG = Path(__file__).resolve().parents[2] / "fedmedclip" / "model" / "co
 def tiny_pack(root: Path, seed: int) -> tuple[Path, str]:
     config = {"model_cfg": json.loads(TINY_CONFIG.read_text()), "preprocess_cfg": {}}
     write_snapshot(config, root / f"snapshot-{seed}", seed=seed)
-    manifest = packs.pack(root / f"snapshot-{seed}", root / f"pack-{seed}", model_name=TINY_MODEL)
+    manifest = packing.pack(root / f"snapshot-{seed}", root / f"pack-{seed}", model_name=TINY_MODEL)
     return root / f"pack-{seed}", manifest.digest
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fedmedclip.cli import app
-from fedmedclip.model import packs
+from fedmedclip.model import packing, packs
 from fedmedclip.model.backbone import TINY_MODEL, Backbone, BackboneSpec, WeightsUnavailableError, load_backbone
 from tests.model.snapshots import known, network_blocked, shrunk_biomedclip, write_snapshot
 
@@ -57,7 +57,7 @@ def assert_same_as_source(backbone: Backbone, source: Any, image: torch.Tensor, 
 def tiny_pack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     root = tmp_path_factory.mktemp("tiny")
     source = write_snapshot(tiny_config(), root / "snapshot", seed=3)
-    packs.pack(root / "snapshot", root / "pack", model_name=TINY_MODEL)
+    packing.pack(root / "snapshot", root / "pack", model_name=TINY_MODEL)
     return root / "pack", source
 
 
@@ -67,7 +67,7 @@ def biomed_pack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     config = shrunk_biomedclip()
     source = write_snapshot(config, root / "snapshot", seed=1)
     (root / "shrunk.json").write_text(json.dumps(config))
-    packs.pack(root / "snapshot", root / "pack", config=root / "shrunk.json")
+    packing.pack(root / "snapshot", root / "pack", config=root / "shrunk.json")
     return root / "pack", source
 
 
@@ -102,11 +102,11 @@ def test_bert_text_tower_packs_without_its_config_and_loads_offline(biomed_pack:
 def test_packing_is_reproducible(tmp_path: Path, tiny_pack: tuple[Path, Any]) -> None:
     pack, _ = tiny_pack
     snapshot = pack.parent / "snapshot"
-    again = packs.pack(snapshot, tmp_path / "again", model_name=TINY_MODEL)
+    again = packing.pack(snapshot, tmp_path / "again", model_name=TINY_MODEL)
     assert again.digest == packs.verify(pack).digest
     other = write_snapshot(tiny_config(), tmp_path / "other-snapshot", seed=4)
     assert other is not None
-    assert packs.pack(tmp_path / "other-snapshot", tmp_path / "other", model_name=TINY_MODEL).digest != again.digest
+    assert packing.pack(tmp_path / "other-snapshot", tmp_path / "other", model_name=TINY_MODEL).digest != again.digest
 
 
 def copy_pack(pack: Path, target: Path) -> Path:
