@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,8 +80,17 @@ def write_snapshot(config: dict[str, Any], folder: Path, *, seed: int = 0, bert_
 
 @contextlib.contextmanager
 def network_blocked() -> Iterator[list[str]]:
-    """Every outgoing connection raises; the yielded list records each attempt (a caught attempt still counts)."""
+    """Every outgoing connection raises; the yielded list records each attempt (a caught attempt still counts).
+
+    The hub's offline switch (which the test suite sets) is turned off meanwhile, so a loader that would go to
+    the hub really tries to connect instead of quietly being kept offline by the environment.
+    """
+    import huggingface_hub.constants as hub_constants
+
     attempts: list[str] = []
+    offline = hub_constants.HF_HUB_OFFLINE
+    environment = {name: os.environ.pop(name, None) for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    hub_constants.HF_HUB_OFFLINE = False
 
     def refuse(*args: object, **_kwargs: object) -> Any:
         attempts.append(repr(args[1:] if args and isinstance(args[0], socket.socket) else args))
@@ -94,3 +104,5 @@ def network_blocked() -> Iterator[list[str]]:
         yield attempts
     finally:
         socket.socket.connect, socket.socket.connect_ex, socket.create_connection = saved  # type: ignore[method-assign]
+        hub_constants.HF_HUB_OFFLINE = offline
+        os.environ.update({name: value for name, value in environment.items() if value is not None})

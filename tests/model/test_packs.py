@@ -240,3 +240,13 @@ def test_shipped_config_at_full_size_packs_and_embeds_offline(
     assert attempts == []
     assert image.shape == (1, dim) and text.shape == (1, dim) and backbone.image_size == 224
     assert_same_as_source(backbone, source, image, text)
+
+
+def test_the_socket_guard_catches_a_hub_request() -> None:
+    """The guard the offline tests rely on sees the hub client's connections (it goes through Python sockets)."""
+    import huggingface_hub
+
+    url = "https://huggingface.co/api/models/microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+    with network_blocked() as attempts, pytest.raises(Exception):  # noqa: B017 - any failure will do
+        huggingface_hub.get_session().head(url, timeout=5)
+    assert attempts, "the hub request never reached a socket: the offline tests would prove nothing"
