@@ -213,6 +213,15 @@ def test_pack_command_prints_the_digest_to_pin(tmp_path: Path, tiny_pack: tuple[
     result = cli("backbone", "pack", str(snapshot), str(tmp_path / "pack"), "--model", TINY_MODEL)
     assert result.exit_code == 0, result.output
     assert f"digest {packs.verify(tmp_path / 'pack').digest}" in result.stdout
+    # One checkpoint file with a plain open_clip model config beside nothing else: the other source form.
+    from safetensors.torch import save_file
+
+    state = {key: value.contiguous() for key, value in tiny_pack[1].state_dict().items()}
+    save_file(state, str(tmp_path / "tiny.safetensors"))
+    args = ["--config", str(TINY_CONFIG), "--model", TINY_MODEL]
+    from_file = cli("backbone", "pack", str(tmp_path / "tiny.safetensors"), str(tmp_path / "from-file"), *args)
+    assert from_file.exit_code == 0, from_file.output
+    assert packs.verify(tmp_path / "from-file").digest == packs.verify(tmp_path / "pack").digest
     listing = cli("backbone", "configs")
     for name in ("openai-vit-b-32", "openai-vit-b-16", "biomedclip-vit-b-16-pubmedbert-256", "dermlip-vit-b-16"):
         assert name in listing.stdout
