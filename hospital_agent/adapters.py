@@ -56,7 +56,10 @@ def _isic2019(data: DataSettings) -> LabeledImages:
             f"ISIC 2019 data under {data.root} has no images for anatomical site {wanted!r} "
             f"(data.anatomical_site={data.anatomical_site!r}); sites with images: {known}"
         )
-    return found.sites[wanted]
+    site = found.sites[wanted]
+    # Images with no metadata row belong to no anatomical site, so to no hospital: say so rather than drop them.
+    unassigned = [(path, f"not assigned to any anatomical site: {reason}") for path, reason in found.unassigned]
+    return LabeledImages(classes=site.classes, records=site.records, skipped=[*site.skipped, *unassigned])
 
 
 def _dicom(data: DataSettings) -> LabeledImages:
