@@ -152,9 +152,11 @@ def check(
     """
     from fedmedclip.data.check import render_text
     from fedmedclip.data.imagefolder import DatasetError
+    from fedmedclip.logs import configure_logging
     from hospital_agent.data_check import check_site_data
 
     settings = _settings(config)
+    configure_logging(settings.log_format, "ERROR")  # the report is the output; it holds every skipped file
     try:
         report = check_site_data(settings)
     except DatasetError as error:

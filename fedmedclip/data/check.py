@@ -145,7 +145,7 @@ def check_site(
     findings += _codec_findings(syntaxes, inspected)
     if skipped:
         findings.append(
-            Finding("warning", "skipped-files", f"{len(skipped)} file(s) are left out (listed by reason above; --json lists each)")
+            Finding("warning", "skipped-files", f"{len(skipped)} file(s) left out (grouped above; --json lists each)")
         )
     return DataReport(
         site=site,

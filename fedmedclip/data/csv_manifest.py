@@ -156,12 +156,11 @@ def _labeled(rows: Sequence[_Row], classes: list[str], manifest: Path, where: st
             skipped.append((row.path, f"line {row.line}: label {row.label!r} is not in the class list"))
         elif row.path in seen:
             skipped.append((row.path, f"line {row.line}: listed twice"))
-        elif not (is_image_path(row.path) or _is_dicom(row.path)):
-            skipped.append(
-                (row.path, f"line {row.line}: not an image or DICOM file ({row.path.suffix or 'no suffix'})")
-            )
         elif not row.path.is_file():
             skipped.append((row.path, f"line {row.line}: file not found"))
+        elif not (is_image_path(row.path) or is_dicom_file(row.path)):
+            # Same words as the other adapters; DICOM files were recognised by suffix or marker just above.
+            skipped.append((row.path, f"line {row.line}: not an image suffix ({row.path.suffix or 'none'})"))
         else:
             seen.add(row.path)
             records.append(ImageRecord(path=row.path, class_name=row.label, label=index[row.label]))
@@ -169,8 +168,3 @@ def _labeled(rows: Sequence[_Row], classes: list[str], manifest: Path, where: st
         detail = f" ({len(skipped)} rows skipped, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise DatasetError(f"no usable images in {where}CSV manifest {manifest}{detail}")
     return LabeledImages(classes=list(classes), records=records, skipped=skipped)
-
-
-def _is_dicom(path: Path) -> bool:
-    """A PACS export listed in a label spreadsheet: ``.dcm`` or a UID-named file with the DICM marker."""
-    return path.is_file() and is_dicom_file(path)
