@@ -46,6 +46,7 @@ IMBALANCE_RATIO = 10.0  # largest / smallest non-empty class above this is worth
 MIN_TRAIN_IMAGES = 2  # what the agent needs to train at all (hospital_agent.session)
 MAX_LISTED = 5  # paths named per finding; the JSON report has every skipped file
 _LINE_PREFIX = re.compile(r"^line \d+: ")
+_EXCEPTION_NAME = re.compile(r"[A-Z]\w*(Error|Exception)")
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,11 @@ def check_site(
     findings += _codec_findings(syntaxes, inspected)
     if skipped:
         findings.append(
-            Finding("warning", "skipped-files", f"{len(skipped)} file(s) left out (grouped above; --json lists each)")
+            Finding(
+                "warning",
+                "skipped-files",
+                f"{len(skipped)} file(s) left out; the report groups them by reason, --json lists each",
+            )
         )
     return DataReport(
         site=site,
@@ -378,6 +383,9 @@ def reason_kind(reason: str) -> str:
     """A reason without its per-file details: ``line 7: file not found`` → ``file not found``."""
     text = _LINE_PREFIX.sub("", reason)
     cut = min((index for index in (text.find(" ("), text.find(": ")) if index > 0), default=len(text))
+    if _EXCEPTION_NAME.fullmatch(text[:cut]):  # "OSError: image file is truncated (5 bytes not processed)"
+        bracket = text.find(" (", cut)
+        return text if bracket < 0 else text[:bracket]
     return text[:cut]
 
 
