@@ -73,18 +73,20 @@ def _limit_threads(settings: AgentSettings) -> None:
         torch.set_num_threads(settings.torch_threads)
 
 
-@app.command()
-def run(config: ConfigOption = None) -> None:
-    """Run the agent until SIGTERM/SIGINT: join, train each round, submit updates, publish bundles.
+_RUN_HELP = (
+    "Run the agent until SIGTERM/SIGINT: join, train each round, submit updates, publish bundles.\n\n"
+    "Keys that matter: site, aggregator, token | token_file, tls.ca_file (or insecure_loopback towards a "
+    "loopback aggregator), data.adapter, data.root (data.manifest, data.classes, data.anatomical_site), "
+    "backbone.model / backbone.weights, state_dir, bundle_root, device. At start the site's data is "
+    "checked as `agent check` does; blocking problems (no usable image, labels that differ only in case, "
+    "one image under two labels...) refuse the start (exit 78) naming the files, and "
+    "<state_dir>/check-skipped.json lists every skipped file. Data layouts: docs/data.md."
+)
 
-    \b
-    Keys that matter: site, aggregator, token | token_file, tls.ca_file (or insecure_loopback towards a
-    loopback aggregator), data.adapter, data.root (data.manifest, data.classes, data.anatomical_site),
-    backbone.model / backbone.weights, state_dir, bundle_root, device.
-    At start the site's data is checked as `agent check` does; blocking problems (no usable image, labels
-    that differ only in case, one image under two labels...) refuse the start (exit 78) naming the files,
-    and <state_dir>/check-skipped.json lists every skipped file. Data layouts: docs/data.md.
-    """
+
+@app.command(help=_RUN_HELP)
+def run(config: ConfigOption = None) -> None:
+    """Run the agent until SIGTERM/SIGINT: join, train each round, submit updates, publish bundles."""
     import logging
 
     from fedmedclip.data.imagefolder import DatasetError
@@ -132,24 +134,27 @@ def run(config: ConfigOption = None) -> None:
             signal.signal(number, handler)
 
 
-@app.command()
+_CHECK_HELP = (
+    "Dry run of the site's data: read every image exactly as training will, and report (no network, no "
+    "model).\n\n"
+    "Reports classes and images per class and split, skipped files grouped by reason, empty and small "
+    "classes, labels differing only in case/spacing/punctuation, duplicate files (and one image under two "
+    "labels), class imbalance, image sizes and modes, and DICOM transfer syntaxes with the package that "
+    "decodes the missing ones. Exit 0 when training can use the data, 78 on a blocking problem. Keys "
+    "used: site, data.adapter, data.root, data.manifest, data.path_column, data.label_column, "
+    "data.classes, data.anatomical_site, data.split_seed, embed_workers (decoding threads). Layouts, what "
+    "is ignored and a worked example: docs/data.md."
+)
+
+
+@app.command(help=_CHECK_HELP)
 def check(
     config: ConfigOption = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the full report as JSON (every skipped file).")
     ] = False,
 ) -> None:
-    """Dry run of the site's data: read every image exactly as training will, and report (no network, no model).
-
-    \b
-    Reports classes and images per class and split, skipped files grouped by reason, empty and small
-    classes, labels differing only in case/spacing/punctuation, duplicate files (and one image under two
-    labels), class imbalance, image sizes and modes, and DICOM transfer syntaxes with the package that
-    decodes the missing ones. Exit 0 when training can use the data, 78 on a blocking problem.
-    Keys used: site, data.adapter, data.root, data.manifest, data.path_column, data.label_column,
-    data.classes, data.anatomical_site, data.split_seed, embed_workers (decoding threads).
-    Layouts, what is ignored and a worked example: docs/data.md.
-    """
+    """Dry run of the site's data: read every image exactly as training will, and report (no network, no model)."""
     from fedmedclip.data.check import render_text
     from fedmedclip.data.imagefolder import DatasetError
     from fedmedclip.logs import configure_logging
@@ -168,19 +173,23 @@ def check(
         raise typer.Exit(EXIT_CONFIG)
 
 
-@app.command()
+_EMBED_HELP = (
+    "Fill the embedding cache for the site's images (progress bar); later rounds train on cached "
+    "features.\n\n"
+    "Keys that matter: data.* (which images), backbone.model and backbone.weights (which CLIP; with them "
+    "no aggregator is needed), cache_dir or state_dir (where the cache lives), device, embed_batch_size, "
+    "embed_workers. Without a backbone: section the run's backbone is asked from the aggregator (site, "
+    "aggregator, token); if it does not answer within 15 s the command stops and says to add one. Data: "
+    "docs/data.md."
+)
+
+
+@app.command(help=_EMBED_HELP)
 def embed(
     config: ConfigOption = None,
     device: Annotated[str | None, typer.Option(help="Override the configured device (cpu, cuda, cuda:N).")] = None,
 ) -> None:
-    """Fill the embedding cache for the site's images (progress bar); later rounds train on cached features.
-
-    \b
-    Keys that matter: data.* (which images), backbone.model and backbone.weights (which CLIP; with them no
-    aggregator is needed), cache_dir or state_dir (where the cache lives), device, embed_batch_size,
-    embed_workers. Without a backbone: section the run's backbone is asked from the aggregator (site, aggregator,
-    token); if it does not answer within 15 s the command stops and says to add one. Data: docs/data.md.
-    """
+    """Fill the embedding cache for the site's images (progress bar); later rounds train on cached features."""
     settings = _settings(config)  # before torch: a settings mistake shows at once
 
     from fedmedclip.console import console, progress_bar

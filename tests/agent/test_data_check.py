@@ -196,3 +196,18 @@ def test_a_run_whose_images_all_fail_to_decode_writes_the_list_before_refusing(t
         prepare_session(settings, "run-1", tiny_run(), scan_imagefolder(root), torch.device("cpu"))
     listed = json.loads((tmp_path / "state" / "embed-skipped.json").read_text())
     assert sorted(Path(item["path"]).name for item in listed) == ["0.png", "0.png", "1.png", "1.png"]
+
+
+@pytest.mark.parametrize(
+    ("command", "keys"),
+    [
+        ("run", ["data.adapter", "data.root", "token_file", "backbone.model"]),
+        ("embed", ["backbone.weights", "cache_dir", "data."]),
+        ("check", ["data.adapter", "data.manifest", "data.classes", "data.split_seed"]),
+    ],
+)
+def test_help_names_the_keys_that_matter_and_the_guide(command: str, keys: list[str]) -> None:
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for key in [*keys, "docs/data.md"]:
+        assert key in result.output, (command, key)
