@@ -1,4 +1,4 @@
-"""DICOM decoding (DESIGN.md §8): a Part-10 file's first frame as an 8-bit RGB ``PIL.Image``.
+"""DICOM decoding (docs/design.md §8): a Part-10 file's first frame as an 8-bit RGB ``PIL.Image``.
 
 What it does, in the order a viewer would:
 1. the modality transform (Rescale Slope/Intercept or a Modality LUT) turns stored values into real units;

@@ -4,7 +4,7 @@ One function turns "a file that should be an image" into a fully decoded RGB ``P
 ``ImageDecodeError``. Pillow decodes lazily and raises half a dozen unrelated exception types for broken
 input (``UnidentifiedImageError``, ``OSError`` for truncation, ``SyntaxError`` for bad PNG chunks...), so
 without this a corrupt file would surface deep inside a DataLoader worker as an arbitrary error. Callers
-catch ``ImageDecodeError``, report the path and reason, and skip the file (DESIGN.md §8).
+catch ``ImageDecodeError``, report the path and reason, and skip the file (docs/design.md §8).
 """
 
 from __future__ import annotations
