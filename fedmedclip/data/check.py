@@ -314,14 +314,23 @@ def _duplicate_findings(inspected: Sequence[_Inspected], records: Sequence[Any])
         labels = {records[index].class_name for index in indices}
         (conflicts if len(labels) > 1 else copies).append(indices)
     findings = []
-    for indices in conflicts:
-        where = ", ".join(f"{records[index].path} ({records[index].class_name})" for index in indices[:MAX_LISTED])
+    if conflicts:
+        # One finding for all of them: a re-labelled copy of a whole folder must not print a thousand lines.
+        # Each group shown by one file per label: that is the decision the operator has to make.
+        per_label = [
+            list({records[index].class_name: index for index in reversed(group)}.values())[::-1] for group in conflicts
+        ]
+        shown = "; ".join(
+            " = ".join(f"{records[index].path} ({records[index].class_name})" for index in group[:3])
+            for group in per_label[:3]
+        )
+        more = f" (and {len(conflicts) - 3} more)" if len(conflicts) > 3 else ""
         findings.append(
             Finding(
                 "blocking",
                 "label-conflict",
-                f"the same image content is labelled differently: {where}",
-                [str(records[index].path) for index in indices[:MAX_LISTED]],
+                f"{len(conflicts)} image content(s) appear under more than one label: {shown}{more}",
+                [str(records[index].path) for group in per_label[:2] for index in group[:MAX_LISTED]],
             )
         )
     if copies:

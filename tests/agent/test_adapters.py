@@ -187,7 +187,7 @@ def test_empty_and_macos_folders_are_not_classes_and_are_logged(
         getattr(record, "fields", {}).get("path"): getattr(record, "fields", {}).get("reason")
         for record in caplog.records
     }
-    assert "not a class" in logged[str(tmp_path / "empty_class")]
+    assert "not a class" in str(logged[str(tmp_path / "empty_class")])
     assert logged[str(tmp_path / "__MACOSX")] == "hidden or system entry ignored"
 
     dicom_file(tmp_path / "dcm" / "a" / "1.dcm")

@@ -128,9 +128,10 @@ def test_check_names_the_missing_codec_package(tmp_path: Path, monkeypatch: pyte
 
     root = tmp_path / "dicom"
     (root / "pneumonia").mkdir(parents=True)
+    jpeg_ls = str(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
     for index in range(3):
         dicom_file(root / "normal" / f"{index}.dcm")
-        shutil.copy(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"), root / "pneumonia" / f"{index}.dcm")
+        shutil.copy(jpeg_ls, root / "pneumonia" / f"{index}.dcm")
     decoder = decoder_base.get_decoder(pydicom.uid.JPEGLSLossless)
     monkeypatch.setattr(decoder, "_available", {})  # a machine without the dicom-codecs extra
     path = config(tmp_path, {"adapter": "dicom", "root": str(root)})
