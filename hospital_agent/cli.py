@@ -92,8 +92,13 @@ def run(config: ConfigOption = None) -> None:
     from fedmedclip.data.imagefolder import DatasetError
     from fedmedclip.logs import configure_logging, event
     from hospital_agent.data_check import DataBlockedError, check_site_data, log_report
+    from hospital_agent.settings import ConfigError
 
     settings = _settings(config)  # before torch, grpc and the data: a settings mistake shows at once
+    try:
+        settings.require_token()  # a missing token is known now; do not make it wait for the data check
+    except ConfigError as error:
+        raise _fail(str(error)) from None
     configure_logging(settings.log_format, settings.log_level)
     log = logging.getLogger("hospital_agent")
     try:
@@ -108,7 +113,6 @@ def run(config: ConfigOption = None) -> None:
     from fedmedclip.model.backbone import WeightsUnavailableError
     from hospital_agent.client import AggregatorError
     from hospital_agent.loop import AgentLoop
-    from hospital_agent.settings import ConfigError
     from hospital_agent.state import StateError
     from hospital_agent.trainer import IncompatibleRunError
 
@@ -280,11 +284,12 @@ def status(
 
     Keys used: site, aggregator, state_dir, bundle_root, cache_dir.
     """
+    settings = _settings(config)  # before torch (the bundle and cache modules import it)
+
     from fedmedclip.bundle import current_version
     from fedmedclip.data.cache import CACHE_FILE
     from hospital_agent.state import StateError, StateStore
 
-    settings = _settings(config)
     try:
         saved = StateStore(settings.state_dir).summary() or {}
     except StateError as error:

@@ -156,7 +156,7 @@ def test_settings_errors_appear_before_torch_is_imported(tmp_path: Path) -> None
         "try:\n    main()\n"
         "except SystemExit as stop:\n    print('EXIT', stop.code, 'torch' in sys.modules, 'grpc' in sys.modules)\n"
     )
-    for command in ("run", "embed", "check"):
+    for command in ("run", "embed", "check", "status"):
         done = subprocess.run(
             [sys.executable, "-c", script, command, str(bad)], capture_output=True, text=True, timeout=120
         )
@@ -212,3 +212,10 @@ def test_help_names_the_keys_that_matter_and_the_guide(command: str, keys: list[
     assert result.exit_code == 0
     for key in [*keys, "docs/data.md"]:
         assert key in result.output, (command, key)
+
+
+def test_run_without_a_token_says_so_before_reading_the_data(tmp_path: Path) -> None:
+    path = config(tmp_path, {"adapter": "imagefolder", "root": str(tmp_path / "nowhere")}, token=None)
+    result = runner.invoke(app, ["run", "--config", str(path)])
+    assert result.exit_code == EXIT_CONFIG and "no site token" in result.output
+    assert "does not exist" not in result.output  # the data was never looked at
