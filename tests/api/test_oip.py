@@ -206,7 +206,9 @@ def test_malformed_bodies_over_raw_http(server):
         assert response.status_code == 400, (body, response.text)
         assert set(response.json()) == {"error"} and response.json()["error"], response.text
     # An element count that the binary data does not hold.
-    header = b'{"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "parameters": ' b'{"binary_data_size": %d}}]}'
+    header = (
+        b'{"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": %d}}]}'
+    )
     blob = len(png).to_bytes(4, "little") + png
     head = header % len(blob)
     response = httpx.post(
