@@ -3,6 +3,7 @@ that the umbrella CLI stays quick to start."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +25,14 @@ app = typer.Typer(
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one (the URL is printed).")] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Worker processes sharing the port; each loads the backbone once (its own copy in memory).",
+        ),
+    ] = 1,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -35,7 +44,7 @@ def serve(
     """Serve the API until SIGINT/SIGTERM (in-flight requests finish first)."""
     from pydantic import ValidationError
 
-    from inference_api.server import run
+    from inference_api.server import CONFIG_FILE_ENV, run
     from inference_api.settings import load_settings
 
     try:
@@ -54,7 +63,9 @@ def serve(
                 err=True,
             )
             raise typer.Exit(2)
-    sys.exit(run(settings, host, port))
+    if config is not None:  # the worker processes read the same file
+        os.environ[CONFIG_FILE_ENV] = str(config.resolve())
+    sys.exit(run(settings, host, port, workers))
 
 
 @app.command("hash-key")

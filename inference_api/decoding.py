@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from fedmedclip.data.dicom import decode_dicom, looks_like_dicom
-from fedmedclip.data.images import ImageDecodeError, decode_image
+from fedmedclip.data.images import ImageDecodeError, decode_image, to_rgb
 from inference_api.errors import BadImageError, EmptyUploadError, UnsupportedMediaTypeError
 
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -38,8 +38,12 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def decode_upload(upload: Upload, max_pixels: int) -> Image.Image:
-    """One upload as an RGB image, or a 415/422 ``ApiError`` that names the file and says why."""
+def decode_upload(upload: Upload, max_pixels: int, draft_side: int | None = None) -> Image.Image:
+    """One upload as an RGB image, or a 415/422 ``ApiError`` that names the file and says why.
+
+    With ``draft_side``, a JPEG much larger than that is decoded at a reduced scale (1/2, 1/4 or 1/8, done
+    by the JPEG decoder itself, so far cheaper than decoding in full and resizing), never below
+    ``2 × draft_side`` on its shorter side; the model's own resize then works from that."""
     name = _display_name(upload.filename)
     if not upload.data:
         raise EmptyUploadError(f"{name} is empty")
@@ -50,6 +54,8 @@ def decode_upload(upload: Upload, max_pixels: int) -> Image.Image:
         if kind == "dicom":
             return decode_dicom(upload.data, name, max_pixels=max_pixels)
         _check_size(upload.data, name, max_pixels)
+        if kind == "jpeg" and draft_side is not None:
+            return _decode_jpeg_reduced(upload.data, name, 2 * draft_side)
         return decode_image(upload.data, name)
     except ImageDecodeError as error:
         raise BadImageError(f"{name} cannot be decoded: {error.reason}") from error
@@ -66,11 +72,31 @@ def _check_size(data: bytes, name: str, max_pixels: int) -> None:
         raise BadImageError(f"{name} is {width}x{height} pixels, over the limit of {max_pixels}")
 
 
+def _decode_jpeg_reduced(data: bytes, name: str, min_side: int) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(data), formats=("JPEG",)) as opened:
+            width, height = opened.size
+            scale = min(width, height) / min_side
+            if scale >= 2:  # draft keeps the result at least the requested size on both sides
+                opened.draft("RGB", (max(1, round(width / scale)), max(1, round(height / scale))))
+            opened.load()
+            return to_rgb(ImageOps.exif_transpose(opened))
+    except _DECODE_ERRORS as error:
+        raise ImageDecodeError(name, f"{error.__class__.__name__}: {error}") from error
+
+
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 def prepare_batch(
-    uploads: Sequence[Upload], preprocess: Callable[[Image.Image], torch.Tensor], max_pixels: int
+    uploads: Sequence[Upload],
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    max_pixels: int,
+    *,
+    draft_side: int | None = None,
 ) -> torch.Tensor:
     """Decode and preprocess every upload (N × 3 × H × W); the first bad file rejects the request."""
-    return torch.stack([preprocess(decode_upload(upload, max_pixels)) for upload in uploads])
+    return torch.stack([preprocess(decode_upload(upload, max_pixels, draft_side)) for upload in uploads])
 
 
 def _display_name(filename: str | None) -> str:
