@@ -142,7 +142,7 @@ def serve(root: Path, spec: BackboneSpec, key: str, workers: int, log: Path, thr
         "FEDMEDCLIP_API_SEED": str(spec.seed),
         "FEDMEDCLIP_API_DEVICE": "cpu",
         "FEDMEDCLIP_API_MAX_QUEUED_IMAGES": "4096",
-        "FEDMEDCLIP_API_LOG_LEVEL": "warning",
+        "FEDMEDCLIP_API_LOG_LEVEL": "info",  # startup lines only: the API logs no per-request lines
         "FEDMEDCLIP_API_API_KEYS": json.dumps(
             [ApiKeyConfig(name="bench", sha256=hash_key(key), sites=[SITE]).model_dump()]
         ),
@@ -162,7 +162,7 @@ def serve(root: Path, spec: BackboneSpec, key: str, workers: int, log: Path, thr
             match = re.search(r"serving on (http://\S+)", line)
             url = match.group(1) if match else None
         server = Server(url, psutil.Process(process.pid))
-        _wait_ready(server, workers)
+        _wait_ready(server, workers, log)
         yield server
     finally:
         process.send_signal(signal.SIGTERM)
@@ -172,15 +172,14 @@ def serve(root: Path, spec: BackboneSpec, key: str, workers: int, log: Path, thr
             process.kill()
 
 
-def _wait_ready(server: Server, workers: int) -> None:
+def _wait_ready(server: Server, workers: int, log: Path) -> None:
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(server.url + "/readyz", timeout=5).status_code == 200 and (
-                workers == 1 or len(server.workers()) >= workers
-            ):
-                time.sleep(2.0 if workers > 1 else 0.0)  # the other workers finish loading too
-                return
+        # Every worker logs "serving N site(s)" at the end of its startup.
+        if log.read_text().count(" site(s) from ") >= workers:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(server.url + "/readyz", timeout=5).status_code == 200:
+                    return
         time.sleep(0.2)
     raise RuntimeError("the API did not become ready")
 
