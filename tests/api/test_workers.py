@@ -8,12 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
+import pytest
 
 from tests.api.conftest import KEYS, populate
 from tests.api.images import png_bytes
 from tests.api.live_server import live_server
 
 
+@pytest.mark.slow  # two more processes importing torch: about 30 s on an idle 2-core machine
 def test_two_workers_share_the_port_and_load_the_backbone_once_each(tmp_path, tiny_backbone, tiny_spec):
     populate(tmp_path / "bundles", tiny_backbone)
     log = tmp_path / "server.log"
