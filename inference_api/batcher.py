@@ -148,15 +148,24 @@ class MicroBatcher:
         pixels = torch.cat([job.pixels for job in jobs])
         # A single request may exceed max_batch; chunking bounds the backbone's peak memory.
         features = torch.cat([self._encode(chunk) for chunk in pixels.split(self._max_batch)])
-        outputs = []
-        for job, part in zip(jobs, features.split([job.size for job in jobs]), strict=True):
-            result = job.classifier.predict(part)
-            outputs.append(
-                EnsembleOutput(
-                    probs=result.probs.cpu(),
-                    zero_shot=result.zero_shot.cpu(),
-                    head=result.head.cpu() if result.head is not None else None,
-                    alpha=result.alpha.cpu(),
-                )
-            )
-        return outputs
+        parts = features.split([job.size for job in jobs])
+        # One classifier pass per bundle rather than per request: with a small model, dozens of one-row
+        # passes cost as much CPU as the backbone. Rows are independent, so results do not depend on grouping.
+        groups: dict[int, list[int]] = {}
+        for index, job in enumerate(jobs):
+            groups.setdefault(id(job.classifier), []).append(index)
+        outputs: list[EnsembleOutput | None] = [None] * len(jobs)
+        for indices in groups.values():
+            result = jobs[indices[0]].classifier.predict(torch.cat([parts[i] for i in indices]))
+            sizes = [jobs[i].size for i in indices]
+            heads = result.head.cpu().split(sizes) if result.head is not None else [None] * len(indices)
+            for i, probs, zero_shot, head, alpha in zip(
+                indices,
+                result.probs.cpu().split(sizes),
+                result.zero_shot.cpu().split(sizes),
+                heads,
+                result.alpha.cpu().split(sizes),
+                strict=True,
+            ):
+                outputs[i] = EnsembleOutput(probs=probs, zero_shot=zero_shot, head=head, alpha=alpha)
+        return [output for output in outputs if output is not None]

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageOps
 
 from fedmedclip.data.dicom import decode_dicom, looks_like_dicom
-from fedmedclip.data.images import ImageDecodeError, decode_image, to_rgb
+from fedmedclip.data.images import ImageDecodeError, to_rgb
 from inference_api.errors import BadImageError, EmptyUploadError, UnsupportedMediaTypeError
 
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -53,36 +53,26 @@ def decode_upload(upload: Upload, max_pixels: int, draft_side: int | None = None
     try:
         if kind == "dicom":
             return decode_dicom(upload.data, name, max_pixels=max_pixels)
-        _check_size(upload.data, name, max_pixels)
-        if kind == "jpeg" and draft_side is not None:
-            return _decode_jpeg_reduced(upload.data, name, 2 * draft_side)
-        return decode_image(upload.data, name)
+        return _decode_raster(upload.data, name, kind, max_pixels, 2 * draft_side if draft_side else None)
     except ImageDecodeError as error:
         raise BadImageError(f"{name} cannot be decoded: {error.reason}") from error
 
 
-def _check_size(data: bytes, name: str, max_pixels: int) -> None:
-    # Read only the header: a small compressed file can decode to gigabytes.
+def _decode_raster(data: bytes, name: str, kind: str, max_pixels: int, min_side: int | None) -> Image.Image:
+    """A PNG or JPEG opened once: size checked from the header (a small compressed file can decode to
+    gigabytes), then decoded with the same steps as ``fedmedclip.data.images.decode_image``."""
     try:
-        with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as header:
-            width, height = header.size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise BadImageError(f"{name} cannot be decoded: {error.__class__.__name__}") from error
-    if width * height > max_pixels:
-        raise BadImageError(f"{name} is {width}x{height} pixels, over the limit of {max_pixels}")
-
-
-def _decode_jpeg_reduced(data: bytes, name: str, min_side: int) -> Image.Image:
-    try:
-        with Image.open(io.BytesIO(data), formats=("JPEG",)) as opened:
+        with Image.open(io.BytesIO(data), formats=(kind.upper(),)) as opened:
             width, height = opened.size
-            scale = min(width, height) / min_side
-            if scale >= 2:  # draft keeps the result at least the requested size on both sides
+            if width * height > max_pixels:
+                raise BadImageError(f"{name} is {width}x{height} pixels, over the limit of {max_pixels}")
+            scale = min(width, height) / min_side if min_side else 0
+            if kind == "jpeg" and scale >= 2:  # draft keeps the result at least the requested size
                 opened.draft("RGB", (max(1, round(width / scale)), max(1, round(height / scale))))
             opened.load()
             return to_rgb(ImageOps.exif_transpose(opened))
     except _DECODE_ERRORS as error:
-        raise ImageDecodeError(name, f"{error.__class__.__name__}: {error}") from error
+        raise BadImageError(f"{name} cannot be decoded: {error.__class__.__name__}: {error}") from error
 
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)

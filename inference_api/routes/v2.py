@@ -13,7 +13,9 @@ from fastapi.responses import JSONResponse
 
 from inference_api import oip, service
 from inference_api.errors import UnsupportedMediaTypeError, oip_error_responses
+from inference_api.registry import LoadedBundle
 from inference_api.routes.deps import ServicesDep, SiteDep
+from inference_api.service import Services
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 _MODEL = "/models/{site}"
@@ -43,18 +45,30 @@ _META_ERRORS = oip_error_responses(401, 403, 404, 409, 422, 503)
 
 
 @router.get(_MODEL, responses=_META_ERRORS)
-@router.get(_VERSIONED, responses=_META_ERRORS)
-async def model_metadata(site: SiteDep, services: ServicesDep, version: str | None = None) -> dict[str, Any]:
+async def model_metadata(site: SiteDep, services: ServicesDep) -> dict[str, Any]:
     """One site's model: its served version, input and outputs, and its class labels."""
-    loaded = service.pinned_bundle(services, site, version)
-    return oip.model_metadata(site, loaded.bundle)
+    return oip.model_metadata(site, service.pinned_bundle(services, site, None).bundle)
+
+
+@router.get(_VERSIONED, responses=_META_ERRORS)
+async def version_metadata(site: SiteDep, version: str, services: ServicesDep) -> dict[str, Any]:
+    """The same, only if ``version`` is the version being served (404 naming the served one otherwise)."""
+    return oip.model_metadata(site, service.pinned_bundle(services, site, version).bundle)
 
 
 @router.get(_MODEL + "/ready", responses=_META_ERRORS)
+async def model_ready(site: SiteDep, services: ServicesDep) -> dict[str, Any]:
+    """200 when the site serves a verified bundle; 404/409 otherwise."""
+    return _ready(site, service.pinned_bundle(services, site, None))
+
+
 @router.get(_VERSIONED + "/ready", responses=_META_ERRORS)
-async def model_ready(site: SiteDep, services: ServicesDep, version: str | None = None) -> dict[str, Any]:
-    """200 when the site serves a verified bundle (of ``version``, if given); 404/409 otherwise."""
-    loaded = service.pinned_bundle(services, site, version)
+async def version_ready(site: SiteDep, version: str, services: ServicesDep) -> dict[str, Any]:
+    """200 when the site serves a verified bundle of ``version``; 404/409 otherwise."""
+    return _ready(site, service.pinned_bundle(services, site, version))
+
+
+def _ready(site: str, loaded: LoadedBundle) -> dict[str, Any]:
     return {"name": site, "version": loaded.bundle.version, "ready": True}
 
 
@@ -100,9 +114,18 @@ _INFER_BODY: dict[str, Any] = {
 
 
 @router.post(_MODEL + "/infer", responses=_INFER_ERRORS, openapi_extra=_INFER_BODY)
-@router.post(_VERSIONED + "/infer", responses=_INFER_ERRORS, openapi_extra=_INFER_BODY)
-async def infer(request: Request, site: SiteDep, services: ServicesDep, version: str | None = None) -> Response:
+async def infer(request: Request, site: SiteDep, services: ServicesDep) -> Response:
     """Classify the encoded images of the BYTES input ``image`` with the site's personalised ensemble."""
+    return await _infer(request, site, services, None)
+
+
+@router.post(_VERSIONED + "/infer", responses=_INFER_ERRORS, openapi_extra=_INFER_BODY)
+async def infer_version(request: Request, site: SiteDep, version: str, services: ServicesDep) -> Response:
+    """The same, answered only by ``version`` (404 naming the served version otherwise)."""
+    return await _infer(request, site, services, version)
+
+
+async def _infer(request: Request, site: str, services: Services, version: str | None) -> Response:
     loaded = service.pinned_bundle(services, site, version)  # 404 / 409 before reading the body
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding != "identity":
