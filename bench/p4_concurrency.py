@@ -328,6 +328,10 @@ def _plot(times: np.ndarray, rss: np.ndarray, slope: float, args: argparse.Names
     ax.plot(times / 60, rss, lw=1.2)
     ax.set_xlabel("minutes under load")
     ax.set_ylabel("server RSS (MiB)")
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    middle = float((rss.max() + rss.min()) / 2)
+    half = max(10.0, float(rss.max() - rss.min()) * 0.6)  # at least ±10 MiB: flat should look flat, not zoomed
+    ax.set_ylim(middle - half, middle + half)
     ax.set_title(f"{args.model}, {args.clients} clients: {slope:+.2f} MiB/min after warm-up", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
