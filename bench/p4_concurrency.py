@@ -405,7 +405,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    if args.out.parent == RESULTS and not args.quick:
+    if args.out.resolve().parent == RESULTS and not args.quick:
         record_latest(result, "" if spec.model == "ViT-B-32" else "_" + spec.model.removeprefix("fedmedclip-"))
     summary = {k: result[k] for k in ("p4_api_cpu_ratio", "p4_api_p50_ms", "p4_api_p99_ms", "p4_soak_rss_mib_per_min")}
     print(json.dumps(summary))
