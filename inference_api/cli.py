@@ -3,6 +3,7 @@ that the umbrella CLI stays quick to start."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +25,14 @@ app = typer.Typer(
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one (the URL is printed).")] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Worker processes sharing the port; each loads the backbone once (its own copy in memory).",
+        ),
+    ] = 1,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -33,28 +42,35 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the API until SIGINT/SIGTERM (in-flight requests finish first)."""
-    from pydantic import ValidationError
-
-    from inference_api.server import run
-    from inference_api.settings import load_settings
+    from fedmedclip.model.backbone import WeightsUnavailableError
+    from inference_api.server import CONFIG_FILE_ENV, prepare, run
+    from inference_api.settings import ConfigError, load_settings
 
     try:
         settings = load_settings(config)
-    except (ValidationError, FileNotFoundError, ValueError) as error:
-        typer.echo(f"error: invalid inference API settings:\n{error}", err=True)
-        raise typer.Exit(2) from error
+    except ConfigError as error:
+        raise _fail(str(error)) from None
     if not is_loopback(host):
         if settings.allow_unauthenticated and not settings.api_keys:
-            typer.echo(f"error: refusing to serve without API keys on non-loopback address {host}", err=True)
-            raise typer.Exit(2)
+            raise _fail(f"refusing to serve without API keys on non-loopback address {host}")
         if not settings.tls and not settings.allow_plaintext:
-            typer.echo(
-                f"error: refusing plain HTTP on non-loopback address {host}: set tls_certfile and tls_keyfile, "
-                "or allow_plaintext behind a TLS-terminating proxy",
-                err=True,
+            raise _fail(
+                f"refusing plain HTTP on non-loopback address {host}: set tls_certfile and tls_keyfile, "
+                "or allow_plaintext behind a TLS-terminating proxy"
             )
-            raise typer.Exit(2)
-    sys.exit(run(settings, host, port))
+    try:
+        backbone = prepare(settings)
+    except (WeightsUnavailableError, ValueError) as error:
+        raise _fail(f"cannot load the backbone: {error}") from None
+    if config is not None:  # the worker processes read the same file
+        os.environ[CONFIG_FILE_ENV] = str(config.resolve())
+    sys.exit(run(settings, host, port, backbone, workers))
+
+
+def _fail(message: str) -> typer.Exit:
+    """One plain line on stderr and exit status 1, as the aggregator and the agent refuse to start."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
 
 
 @app.command("hash-key")
