@@ -9,12 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import torch
-
 from aggregator_service.metrics import Metrics
 from aggregator_service.notifier import Notifier
 from aggregator_service.store.base import Store
 from fedmedclip.federation.aggregate import SiteUpdate
+from fedmedclip.federation.arrays import Array
 
 
 def utc_now() -> datetime:
@@ -103,7 +102,7 @@ class FamCache:
         self._lock = threading.Lock()
         self._capacity = capacity
         self._bytes: OrderedDict[int, bytes] = OrderedDict()
-        self._states: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
+        self._states: OrderedDict[int, dict[str, Array]] = OrderedDict()
 
     def get_bytes(self, version: int) -> bytes | None:
         with self._lock:
@@ -119,12 +118,12 @@ class FamCache:
             while len(self._bytes) > self._capacity:
                 self._bytes.popitem(last=False)
 
-    def get_state(self, version: int) -> dict[str, torch.Tensor] | None:
+    def get_state(self, version: int) -> dict[str, Array] | None:
         with self._lock:
             state = self._states.get(version)
             return None if state is None else dict(state)
 
-    def put_state(self, version: int, state: dict[str, torch.Tensor]) -> None:
+    def put_state(self, version: int, state: dict[str, Array]) -> None:
         with self._lock:
             self._states[version] = dict(state)
             self._states.move_to_end(version)

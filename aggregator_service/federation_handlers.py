@@ -48,7 +48,7 @@ from fedmedclip.federation.messages import (
     WaitTask,
 )
 from fedmedclip.federation.run_config import RunConfig
-from fedmedclip.model.fam import fam_shapes
+from fedmedclip.model.fam_layout import fam_shapes
 
 log = logging.getLogger("aggregator_service")
 

@@ -15,13 +15,12 @@ import time
 from datetime import datetime, timedelta
 from typing import Literal
 
-import torch
-
 from aggregator_service.context import Services
 from aggregator_service.errors import FailedPrecondition
 from aggregator_service.logs import event
 from aggregator_service.store.base import NewVersion, RoundRecord, RoundState, RunRecord, RunState, UpdateRecord
 from fedmedclip.federation.aggregate import SiteUpdate, aggregate
+from fedmedclip.federation.arrays import Array
 from fedmedclip.federation.codec import decode_update
 from fedmedclip.federation.errors import FederationError
 from fedmedclip.federation.fam_bytes import fam_from_bytes, fam_to_bytes, sha256_hex
@@ -214,7 +213,7 @@ class RoundEngine:
             )
         return {u.id: found[u.id] for u in updates}
 
-    def _state(self, version: int, dim: int) -> dict[str, torch.Tensor]:
+    def _state(self, version: int, dim: int) -> dict[str, Array]:
         state = self.svc.models.get_state(version)
         if state is None:
             data = self.svc.store.version_data(version)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -12,7 +13,6 @@ from types import FrameType
 from typing import Any
 
 import grpc
-import torch
 from grpc_health.v1 import health
 from prometheus_client import start_http_server
 from sqlalchemy.engine import make_url
@@ -85,9 +85,11 @@ def start_server(settings: AggregatorSettings, store: Store | None = None) -> Ru
     """Migrate the database, start every part, and return once the port is bound and serving."""
     admin_token = settings.require_admin_token()
     credentials = _server_credentials(settings)
-    # Updates are small tensors handled on many request threads at once: intra-op threads would only
-    # oversubscribe the cores (measured: round close 240 → 180 ms with 100 sites on 2 cores).
-    torch.set_num_threads(settings.torch_threads)
+    # The aggregator computes in numpy and never imports torch (docs/design.md §2). When torch is loaded
+    # in the same process anyway (an embedding test), its intra-op threads would only oversubscribe the
+    # cores: updates are small tensors handled on many request threads at once.
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(settings.torch_threads)
     if store is None:
         store = SqlStore.open(settings.database_url, settings.sqlite_synchronous)
     limits = Limits(

@@ -63,7 +63,9 @@ class AggregatorSettings(ServiceSettings):
     poll_wait_cap_s: float = Field(default=20.0, gt=0, description="Longest a PollTask is held before a wait task.")
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="On SIGTERM, how long in-flight calls may finish.")
     torch_threads: int = Field(
-        default=1, ge=1, description="torch intra-op threads; parallelism comes from concurrent requests instead."
+        default=1,
+        ge=1,
+        description="torch intra-op threads, only if torch is loaded in the process (the aggregator itself is numpy).",
     )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL", description="SQLite durability: FULL survives power loss; NORMAL (WAL) only process crashes."

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-import torch
+import numpy as np
 
+from fedmedclip.federation.arrays import Array, to_numpy
 from fedmedclip.federation.errors import UpdateRejected
 from fedmedclip.federation.sparse import SparseTensor, SparseUpdate
 
@@ -49,7 +50,7 @@ def validate_update(
     squared = 0.0
     for name, tensor in update.tensors.items():
         _validate_tensor(tensor, tuple(shapes[name]), site, name)
-        squared += float(torch.sum(tensor.values.to(torch.float64) ** 2))
+        squared += float(np.sum(tensor.values.astype(np.float64) ** 2))
     if norm_bound is not None and squared**0.5 > norm_bound:
         raise UpdateRejected(site, f"update L2 norm {squared**0.5:.6g} exceeds the bound {norm_bound:.6g}")
 
@@ -58,44 +59,44 @@ def _validate_tensor(tensor: SparseTensor, expected: tuple[int, ...], site: str,
     if tuple(tensor.shape) != expected:
         raise UpdateRejected(site, f"shape {list(tensor.shape)}, expected {list(expected)}", name)
     values = tensor.values
-    if not values.is_floating_point():
+    if not np.issubdtype(values.dtype, np.floating):
         raise UpdateRejected(site, f"values have non-float dtype {values.dtype}", name)
     if tensor.rows is None:
         if tuple(values.shape) != expected:
             raise UpdateRejected(site, f"dense values of shape {list(values.shape)}, expected {list(expected)}", name)
     else:
         _validate_rows(tensor.rows, values, expected, site, name)
-    if not bool(torch.isfinite(values).all()):
+    if not bool(np.isfinite(values).all()):
         raise UpdateRejected(site, "values contain NaN or Inf", name)
 
 
-def _validate_rows(rows: torch.Tensor, values: torch.Tensor, expected: tuple[int, ...], site: str, name: str) -> None:
+def _validate_rows(rows: Array, values: Array, expected: tuple[int, ...], site: str, name: str) -> None:
     if len(expected) != 2:
         raise UpdateRejected(site, "row-sparse values sent for a vector tensor", name)
-    if rows.dtype != torch.int64 or rows.dim() != 1:
+    if rows.dtype != np.int64 or rows.ndim != 1:
         raise UpdateRejected(site, f"row indices must be a 1-D int64 tensor, got {rows.dtype} {list(rows.shape)}", name)
-    if tuple(values.shape) != (rows.numel(), expected[1]):
+    if tuple(values.shape) != (rows.size, expected[1]):
         raise UpdateRejected(
-            site, f"values of shape {list(values.shape)} for {rows.numel()} rows of width {expected[1]}", name
+            site, f"values of shape {list(values.shape)} for {rows.size} rows of width {expected[1]}", name
         )
-    if rows.numel() == 0:
+    if rows.size == 0:
         return
     if int(rows.min()) < 0 or int(rows.max()) >= expected[0]:
         raise UpdateRejected(
             site, f"row index out of range [0, {expected[0]}): min {int(rows.min())}, max {int(rows.max())}", name
         )
-    if torch.unique(rows).numel() != rows.numel():
+    if np.unique(rows).size != rows.size:
         raise UpdateRejected(site, "row indices contain duplicates", name)
 
 
 def aggregate(
-    global_state: Mapping[str, torch.Tensor],
+    global_state: Mapping[str, Any],
     updates: Sequence[SiteUpdate],
     weighting: Weighting = "samples",
     norm_bound: float | None = None,
     *,
     prevalidated: bool = False,
-) -> dict[str, torch.Tensor]:
+) -> dict[str, Array]:
     """The next global FAM from ``global_state`` and the sites' updates; no input is modified.
 
     Every update is validated before any arithmetic: one bad update raises ``UpdateRejected`` (naming the
@@ -111,30 +112,32 @@ def aggregate(
     sites = [u.site for u in updates]
     if len(set(sites)) != len(sites):
         raise ValueError(f"aggregate: more than one update from the same site in {sorted(sites)}")
-    for name, tensor in global_state.items():
-        if not tensor.is_floating_point() or tensor.dim() not in (1, 2):
+    arrays = {name: to_numpy(tensor) for name, tensor in global_state.items()}
+    for name, array in arrays.items():
+        if not np.issubdtype(array.dtype, np.floating) or array.ndim not in (1, 2):
             raise ValueError(f"aggregate: global tensor {name!r} must be a 1-D or 2-D float tensor")
-    shapes = {name: tuple(tensor.shape) for name, tensor in global_state.items()}
+    shapes = {name: tuple(array.shape) for name, array in arrays.items()}
     if not prevalidated:
         for site_update in updates:
             validate_update(site_update.update, shapes, norm_bound, site_update.site, site_update.num_samples)
 
     # Sorted by site and summed in float64: the result does not depend on arrival order.
     ordered = sorted(updates, key=lambda u: u.site)
-    result: dict[str, torch.Tensor] = {}
-    for name, tensor in global_state.items():
-        rows = tensor.shape[0]
-        numerator = torch.zeros((rows, tensor.numel() // rows), dtype=torch.float64)
-        weight_sum = torch.zeros(rows, dtype=torch.float64)
+    result: dict[str, Array] = {}
+    for name, array in arrays.items():
+        rows = array.shape[0]
+        numerator = np.zeros((rows, array.size // rows), dtype=np.float64)
+        weight_sum = np.zeros(rows, dtype=np.float64)
         for site_update in ordered:
             sent = site_update.update.tensors.get(name)
             if sent is None:
                 continue
             weight = float(site_update.num_samples) if weighting == "samples" else 1.0
-            values = sent.values.to("cpu", torch.float64).reshape(-1, numerator.shape[1])
-            index = torch.arange(rows) if sent.rows is None else sent.rows.cpu()
-            numerator.index_add_(0, index, values, alpha=weight)
-            weight_sum.index_add_(0, index, torch.full((index.numel(),), weight, dtype=torch.float64))
-        mean = numerator / weight_sum.clamp(min=1.0).unsqueeze(1)  # unsent rows: 0 / 1 = no change
-        result[name] = (tensor.detach().to("cpu", torch.float64) + mean.reshape(tensor.shape)).to(torch.float32)
+            values = sent.values.astype(np.float64).reshape(-1, numerator.shape[1])
+            # Row indices are unique (validated), so fancy-index += adds each row exactly once.
+            index = slice(None) if sent.rows is None else sent.rows
+            numerator[index] += values * weight
+            weight_sum[index] += weight
+        mean = numerator / np.maximum(weight_sum, 1.0)[:, None]  # unsent rows: 0 / 1 = no change
+        result[name] = (array.astype(np.float64) + mean.reshape(array.shape)).astype(np.float32)
     return result

@@ -4,6 +4,9 @@ Per round a site sends ``total = Δ + residual``: of each weight matrix only the
 ``ceil(rho · rows)`` rows by L2 norm, quantised (int8 with one fp16 scale per row, or fp16, or fp32); the
 bias and kappa vectors whole (fp16, or fp32). Everything not transmitted, quantisation error included,
 becomes the next residual (error feedback), so nothing is lost, only delayed.
+
+Everything here is numpy, so the aggregator decodes without torch. The agent passes torch tensors to
+``encode_update`` as they are and gets its residual back as torch tensors (``arrays`` is the boundary).
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from fedmedclip.federation import payload as framing
+from fedmedclip.federation.arrays import Array, is_torch, to_numpy, to_torch
 from fedmedclip.federation.codec_config import CodecConfig, Compression, Quantization
 from fedmedclip.federation.errors import CorruptUpdate
 from fedmedclip.federation.sparse import SparseTensor, SparseUpdate
@@ -37,7 +40,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_DECOMPRESSED_BYTES = 64 << 20  # dense fp32 FAM for D=512 is ~2 MiB; D=1024 ~8 MiB
-_FP16_MAX = float(torch.finfo(torch.float16).max)
+_FP16_MAX = float(np.finfo(np.float16).max)
 # Little-endian on the wire whatever the host: numpy dtype strings make the byte order explicit.
 _WIRE_DTYPES = {"int32": "<i4", "int8": "i1", "float16": "<f2", "float32": "<f4"}
 _ENCODINGS: dict[str, dict[str, str]] = {  # encoding -> part -> wire dtype
@@ -62,14 +65,15 @@ class CodecStats:
 class EncodedUpdate:
     payload: bytes
     sha256: str  # of the whole payload: what the transport announces and the receiver checks
-    residual: dict[str, torch.Tensor]  # keep locally and pass to the next round's encode_update
+    # Keep locally and pass to the next round's encode_update; torch tensors when the delta was torch.
+    residual: dict[str, Any]
     stats: CodecStats
 
 
 def encode_update(
-    delta: Mapping[str, torch.Tensor],
-    alive_rows: Mapping[str, torch.Tensor],
-    residual: Mapping[str, torch.Tensor] | None = None,
+    delta: Mapping[str, Any],
+    alive_rows: Mapping[str, Any],
+    residual: Mapping[str, Any] | None = None,
     config: CodecConfig | None = None,
 ) -> EncodedUpdate:
     """Encode ``delta + residual`` (see the module docstring). 2-D tensors are row-masked; 1-D sent whole.
@@ -78,19 +82,23 @@ def encode_update(
     inputs, non-finite values, or values beyond fp16 range when a 16-bit encoding is asked for.
     """
     config = config or CodecConfig()
+    torch_in = any(is_torch(t) for t in delta.values())
+    # On the CPU whatever the training device: serialisation goes through numpy.
+    delta = {name: to_numpy(t) for name, t in delta.items()}
+    alive_rows = {name: to_numpy(t) for name, t in alive_rows.items()}
+    residual = None if residual is None else {name: to_numpy(t) for name, t in residual.items()}
     _check_inputs(delta, alive_rows, residual)
     writer = _BodyWriter()
     entries: list[dict[str, Any]] = []
-    new_residual: dict[str, torch.Tensor] = {}
+    new_residual: dict[str, Array] = {}
     rows_sent: dict[str, int] = {}
     rows_total: dict[str, int] = {}
     for name in sorted(delta):  # canonical order: equal inputs give byte-identical payloads
-        # On the CPU whatever the training device: serialisation goes through numpy.
-        total = delta[name].detach().to("cpu", torch.float32)
+        total = delta[name].astype(np.float32)
         if residual is not None:
-            total = total + residual[name].detach().to("cpu", torch.float32)
-        if total.dim() == 2:
-            entry, decoded = _encode_rows(name, total, alive_rows[name].detach().cpu(), config, writer)
+            total = total + residual[name].astype(np.float32)
+        if total.ndim == 2:
+            entry, decoded = _encode_rows(name, total, alive_rows[name], config, writer)
             rows_sent[name] = entry["row_count"]
             rows_total[name] = total.shape[0]
         else:
@@ -105,17 +113,15 @@ def encode_update(
         rows_total=rows_total,
         raw_bytes=len(body),
         payload_bytes=len(data),
-        dense_fp32_bytes=sum(4 * t.numel() for t in delta.values()),
+        dense_fp32_bytes=sum(4 * t.size for t in delta.values()),
     )
-    return EncodedUpdate(data, hashlib.sha256(data).hexdigest(), new_residual, stats)
+    kept = to_torch(new_residual) if torch_in else new_residual
+    return EncodedUpdate(data, hashlib.sha256(data).hexdigest(), kept, stats)
 
 
-def encode_dense_reference(state: Mapping[str, torch.Tensor]) -> bytes:
+def encode_dense_reference(state: Mapping[str, Any]) -> bytes:
     """The paper's reference upload (every tensor whole, fp16, zlib): only for byte comparisons."""
-    raw = b"".join(
-        state[name].detach().to("cpu", torch.float16).contiguous().numpy().astype("<f2").tobytes()
-        for name in sorted(state)
-    )
+    raw = b"".join(np.ascontiguousarray(to_numpy(state[name]), dtype="<f2").tobytes() for name in sorted(state))
     return zlib.compress(raw, 6)
 
 
@@ -173,22 +179,22 @@ class _BodyWriter:
 
 
 def _check_inputs(
-    delta: Mapping[str, torch.Tensor],
-    alive_rows: Mapping[str, torch.Tensor],
-    residual: Mapping[str, torch.Tensor] | None,
+    delta: Mapping[str, Array],
+    alive_rows: Mapping[str, Array],
+    residual: Mapping[str, Array] | None,
 ) -> None:
     if not delta:
         raise ValueError("encode_update: the delta holds no tensors")
     for name, tensor in delta.items():
-        if not tensor.is_floating_point() or tensor.dim() not in (1, 2):
+        if not np.issubdtype(tensor.dtype, np.floating) or tensor.ndim not in (1, 2):
             raise ValueError(f"encode_update: tensor {name!r} must be a 1-D or 2-D float tensor")
-        if not bool(torch.isfinite(tensor).all()):
+        if not bool(np.isfinite(tensor).all()):
             raise ValueError(f"encode_update: tensor {name!r} has NaN or Inf values")
-        if tensor.dim() == 2:
+        if tensor.ndim == 2:
             alive = alive_rows.get(name)
-            if alive is None or alive.dtype != torch.bool or tuple(alive.shape) != (tensor.shape[0],):
+            if alive is None or alive.dtype != np.bool_ or tuple(alive.shape) != (tensor.shape[0],):
                 raise ValueError(f"encode_update: alive_rows[{name!r}] must be a bool vector of {tensor.shape[0]}")
-    extra = sorted(set(alive_rows) - {n for n, t in delta.items() if t.dim() == 2})
+    extra = sorted(set(alive_rows) - {n for n, t in delta.items() if t.ndim == 2})
     if extra:
         raise ValueError(f"encode_update: alive_rows names tensors that are not matrices of the delta: {extra}")
     if residual is not None:
@@ -199,61 +205,64 @@ def _check_inputs(
                 raise ValueError(f"encode_update: residual {name!r} has shape {tuple(tensor.shape)}")
 
 
-def _select_rows(total: torch.Tensor, alive: torch.Tensor, rho: float) -> torch.Tensor:
+def _select_rows(total: Array, alive: Array, rho: float) -> Array:
     """Sorted indices of the alive rows among the top ``ceil(rho · rows)`` of all rows by L2 norm.
 
     Dead rows still count towards the top-k, so a round never sends more than that many rows. All-zero rows
     are skipped: sending them would cost bytes and change nothing.
     """
-    norms = torch.linalg.vector_norm(total, dim=1)
+    norms = np.linalg.norm(total, axis=1)
     budget = math.ceil(rho * total.shape[0])
-    top = torch.argsort(norms, descending=True, stable=True)[:budget]  # stable: ties break by row index
+    top = np.argsort(-norms, kind="stable")[:budget]  # stable: ties break by row index
     keep = top[alive[top] & (norms[top] > 0)]
-    return torch.sort(keep).values
+    return np.sort(keep)
 
 
-def _fp16_round_up(values: torch.Tensor) -> torch.Tensor:
+def _fp16_round_up(values: Array) -> Array:
     """Non-negative float32 → the smallest float16 ≥ each value, so ``|x / scale| ≤ 127`` always holds."""
-    half = values.to(torch.float16)
-    low = half.to(torch.float32) < values
+    half = values.astype(np.float16)
+    low = half.astype(np.float32) < values
     # For positive finite float16, the next representable value is the next bit pattern.
-    bumped = (half.view(torch.int16) + 1).view(torch.float16)
-    return torch.where(low, bumped, half)
+    bumped = (half.view(np.int16) + np.int16(1)).view(np.float16)
+    return np.where(low, bumped, half)
 
 
-def dequantize_int8(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def dequantize_int8(codes: Array, scales: Array) -> Array:
     """float32 ``codes · scale`` per row; shared by encoder and decoder so both sides agree bit for bit."""
-    return codes.to(torch.float32) * scales.to(torch.float32).unsqueeze(1)
+    return codes.astype(np.float32) * scales.astype(np.float32)[:, None]
 
 
-def _check_fp16_range(name: str, values: torch.Tensor, limit: float) -> None:
-    if values.numel() and float(values.abs().max()) > limit:
+def _check_fp16_range(name: str, values: Array, limit: float) -> None:
+    if values.size and float(np.abs(values).max()) > limit:
         raise ValueError(f"encode_update: tensor {name!r} has values beyond float16 range; use quantization='fp32'")
 
 
 def _encode_rows(
-    name: str, total: torch.Tensor, alive: torch.Tensor, config: CodecConfig, writer: _BodyWriter
-) -> tuple[dict[str, Any], torch.Tensor]:
+    name: str, total: Array, alive: Array, config: CodecConfig, writer: _BodyWriter
+) -> tuple[dict[str, Any], Array]:
     rows = _select_rows(total, alive, config.rho)
     kept = total[rows]
-    parts = {"indices": writer.add(rows.numpy(), "int32")}
+    parts = {"indices": writer.add(rows, "int32")}
     if config.quantization == "int8":
         _check_fp16_range(name, kept, _FP16_MAX * 127)
-        scales = _fp16_round_up(kept.abs().amax(dim=1) / 127.0) if len(rows) else torch.zeros(0, dtype=torch.float16)
-        safe = torch.where(scales > 0, scales.to(torch.float32), torch.ones_like(scales, dtype=torch.float32))
-        codes = torch.round(kept / safe.unsqueeze(1)).clamp_(-127, 127).to(torch.int8)
-        parts["scales"] = writer.add(scales.numpy(), "float16")
-        parts["values"] = writer.add(codes.numpy(), "int8")
+        if len(rows):
+            scales = _fp16_round_up(np.abs(kept).max(axis=1) / np.float32(127.0))
+        else:
+            scales = np.zeros(0, dtype=np.float16)
+        safe = np.where(scales > 0, scales.astype(np.float32), np.float32(1.0))
+        codes = np.clip(np.round(kept / safe[:, None]), -127, 127).astype(np.int8)
+        parts["scales"] = writer.add(scales, "float16")
+        parts["values"] = writer.add(codes, "int8")
         sent = dequantize_int8(codes, scales)
     elif config.quantization == "fp16":
         _check_fp16_range(name, kept, _FP16_MAX)
-        half = kept.to(torch.float16)
-        parts["values"] = writer.add(half.numpy(), "float16")
-        sent = half.to(torch.float32)
+        half = kept.astype(np.float16)
+        parts["values"] = writer.add(half, "float16")
+        sent = half.astype(np.float32)
     else:
-        parts["values"] = writer.add(kept.numpy(), "float32")
-        sent = kept.clone()
-    decoded = torch.zeros_like(total)
+        parts["values"] = writer.add(kept, "float32")
+        sent = kept.copy()
+    decoded = np.zeros_like(total)
     decoded[rows] = sent
     entry = {
         "name": name,
@@ -265,15 +274,13 @@ def _encode_rows(
     return entry, decoded
 
 
-def _encode_dense(
-    name: str, total: torch.Tensor, config: CodecConfig, writer: _BodyWriter
-) -> tuple[dict[str, Any], torch.Tensor]:
+def _encode_dense(name: str, total: Array, config: CodecConfig, writer: _BodyWriter) -> tuple[dict[str, Any], Array]:
     if config.quantization == "fp32":
-        encoding, values, decoded = "dense-fp32", writer.add(total.numpy(), "float32"), total.clone()
+        encoding, values, decoded = "dense-fp32", writer.add(total, "float32"), total.copy()
     else:
         _check_fp16_range(name, total, _FP16_MAX)
-        half = total.to(torch.float16)
-        encoding, values, decoded = "dense-fp16", writer.add(half.numpy(), "float16"), half.to(torch.float32)
+        half = total.astype(np.float16)
+        encoding, values, decoded = "dense-fp16", writer.add(half, "float16"), half.astype(np.float32)
     return {"name": name, "shape": list(total.shape), "encoding": encoding, "parts": {"values": values}}, decoded
 
 
@@ -303,7 +310,7 @@ def _decode_entry(entry: object, index: int, body: bytes, max_bytes: int) -> tup
     count = framing.require_int(entry, "row_count", where)
     if count > shape[0]:
         raise CorruptUpdate(f"{where}: row_count {count} exceeds the {shape[0]} rows of the tensor")
-    rows = _read_part(body, parts["indices"], "int32", count, f"{where} indices").to(torch.int64)
+    rows = _read_part(body, parts["indices"], "int32", count, f"{where} indices").astype(np.int64)
     _check_rows(rows, shape[0], where)
     raw = _read_part(body, parts["values"], layout["values"], count * shape[1], f"{where} values")
     raw = raw.reshape(count, shape[1])
@@ -311,7 +318,7 @@ def _decode_entry(entry: object, index: int, body: bytes, max_bytes: int) -> tup
         scales = _read_part(body, parts["scales"], "float16", count, f"{where} scales")
         values = dequantize_int8(raw, scales)
     else:
-        values = raw.to(torch.float32)
+        values = raw.astype(np.float32)
     return name, SparseTensor(shape, rows, values)
 
 
@@ -329,8 +336,8 @@ def _is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _read_part(body: bytes, part: object, dtype: str, count: int, where: str) -> torch.Tensor:
-    """The part's elements as a tensor (int8/int32 as such, floats as stored), after bounds checks."""
+def _read_part(body: bytes, part: object, dtype: str, count: int, where: str) -> Array:
+    """The part's elements as an array (int8/int32 as such, floats as stored), after bounds checks."""
     if not isinstance(part, dict):
         raise CorruptUpdate(f"{where}: part descriptor is not an object")
     if part.get("dtype") != dtype:
@@ -343,11 +350,11 @@ def _read_part(body: bytes, part: object, dtype: str, count: int, where: str) ->
     if length != count * wire.itemsize:
         raise CorruptUpdate(f"{where}: {length} bytes, expected {count} × {wire.itemsize} = {count * wire.itemsize}")
     array = np.frombuffer(body, dtype=wire, count=count, offset=offset)
-    return torch.from_numpy(array.astype(wire.newbyteorder("="), copy=True))
+    return array.astype(wire.newbyteorder("="), copy=True)
 
 
-def _check_rows(rows: torch.Tensor, limit: int, where: str) -> None:
-    if rows.numel() == 0:
+def _check_rows(rows: Array, limit: int, where: str) -> None:
+    if rows.size == 0:
         return
     low, high = int(rows.min()), int(rows.max())
     if low < 0 or high >= limit:

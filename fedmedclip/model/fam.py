@@ -6,19 +6,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedmedclip.model.fam_layout import FAM_MATRIX_NAMES, FAM_TENSOR_NAMES, FAM_VECTOR_NAMES, fam_shapes
 from fedmedclip.model.masked import MaskedLinear
 
-# Names of the FAM's tensors, in a fixed order; the update codec and aggregation validate against these.
-FAM_MATRIX_NAMES = ("m1.weight", "m2.weight")
-FAM_VECTOR_NAMES = ("m1.bias", "m1.kappa", "m2.bias", "m2.kappa")
-FAM_TENSOR_NAMES = ("m1.weight", "m1.bias", "m1.kappa", "m2.weight", "m2.bias", "m2.kappa")
+__all__ = [
+    "FAM_MATRIX_NAMES",
+    "FAM_TENSOR_NAMES",
+    "FAM_VECTOR_NAMES",
+    "FeatureAdaptationModule",
+    "build_fam",
+    "fam_shapes",
+    "fam_state",
+]
 
 _LN_EPS = 1e-5
-
-
-def fam_shapes(dim: int) -> dict[str, tuple[int, ...]]:
-    """Expected shape of every FAM tensor for embedding width ``dim``."""
-    return {name: ((dim, dim) if name in FAM_MATRIX_NAMES else (dim,)) for name in FAM_TENSOR_NAMES}
 
 
 class FeatureAdaptationModule(nn.Module):
