@@ -26,6 +26,7 @@ import torch
 from fedmedclip.data.imagefolder import LabeledImages
 from fedmedclip.federation import messages as m
 from fedmedclip.federation.codec import CodecConfig
+from fedmedclip.federation.arrays import to_torch
 from fedmedclip.federation.fam_bytes import fam_from_bytes
 from fedmedclip.federation.run_config import RunConfig
 from fedmedclip.logs import event
@@ -285,7 +286,7 @@ class AgentLoop:
         """Download a new global FAM version, evaluate it with the head, publish the bundle, commit."""
         _, data = self.client.get_model(version)
         state = self.state
-        state.fam, state.fam_version = fam_from_bytes(data, session.config.embed_dim), version
+        state.fam, state.fam_version = to_torch(fam_from_bytes(data, session.config.embed_dim)), version
         features, labels = session.data.part("val")
         metrics = evaluate(
             features,

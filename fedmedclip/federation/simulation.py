@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 
 from fedmedclip.federation.aggregate import SiteUpdate, aggregate
+from fedmedclip.federation.arrays import to_torch
 from fedmedclip.federation.codec import CodecConfig, decode_update, encode_update
 from fedmedclip.federation.delta import alive_rows_of, fam_delta
 from fedmedclip.model.fam import build_fam, fam_state
@@ -129,7 +130,7 @@ def run_federation(
             record.upload_bytes[site.name] = len(encoded.payload)
             updates.append(SiteUpdate(site.name, result.num_samples, decode_update(encoded.payload, encoded.sha256)))
         if config.aggregate:
-            global_fam = aggregate(global_fam, updates, weighting=config.weighting)
+            global_fam = to_torch(aggregate(global_fam, updates, weighting=config.weighting))
         for site in sites:
             fam = global_fam if config.aggregate else local_fams[site.name]
             record.eval_metrics[site.name] = evaluate_site(

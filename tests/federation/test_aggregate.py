@@ -5,15 +5,25 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
-from fedmedclip.federation.aggregate import SiteUpdate, aggregate, validate_update
+from fedmedclip.federation import aggregate as numpy_aggregate
+from fedmedclip.federation.aggregate import SiteUpdate, validate_update
+from fedmedclip.federation.arrays import to_torch
 from fedmedclip.federation.codec import CodecConfig, decode_update, encode_update
 from fedmedclip.federation.errors import UpdateRejected
 from fedmedclip.federation.sparse import SparseTensor, SparseUpdate
 from fedmedclip.model.fam import FAM_MATRIX_NAMES, fam_shapes
+
+
+def aggregate(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+    """``aggregate`` (numpy) seen as torch tensors, as the simulation uses it; bit-level checks against the
+    torch implementation are in test_vectors.py."""
+    return to_torch(numpy_aggregate.aggregate(*args, **kwargs))
 
 SHAPES = {"w": (3, 3), "b": (3,)}
 
@@ -82,7 +92,7 @@ def test_inputs_are_not_mutated(global_state: dict[str, torch.Tensor], updates: 
         assert new[name] is not tensor
     for after, before in zip(updates, updates_before, strict=True):
         for name, sent in after.update.tensors.items():
-            assert torch.equal(sent.values, before.update.tensors[name].values)
+            assert np.array_equal(sent.values, before.update.tensors[name].values)
 
 
 def test_result_does_not_depend_on_update_order(global_state: dict[str, torch.Tensor]) -> None:
@@ -202,10 +212,10 @@ def test_codec_output_aggregates_to_the_decoded_mean() -> None:
         decoded.append(decode_update(encoded.payload, encoded.sha256))
     new = aggregate(global_state, [SiteUpdate("s1", 10, decoded[0]), SiteUpdate("s2", 30, decoded[1])])
     for name in shapes:
-        dense = [update.to_dense()[name].double() for update in decoded]
+        dense = [torch.from_numpy(update.to_dense()[name]).double() for update in decoded]
         if name in FAM_MATRIX_NAMES:
             sent = [update.tensors[name].rows for update in decoded]
-            masks = [torch.zeros(dim, dtype=torch.float64).index_fill_(0, r, 1.0) for r in sent if r is not None]
+            masks = [torch.zeros(dim, dtype=torch.float64).index_fill_(0, torch.from_numpy(r), 1.0) for r in sent if r is not None]
             weights = 10 * masks[0] + 30 * masks[1]
             expected = (10 * dense[0] + 30 * dense[1]) / weights.clamp(min=1).unsqueeze(1)
         else:

@@ -18,6 +18,7 @@ import torch
 import zstandard
 
 from fedmedclip.federation import payload as framing
+from fedmedclip.federation.arrays import to_torch
 from fedmedclip.federation.codec import (
     CodecConfig,
     Compression,
@@ -78,7 +79,7 @@ def test_fp32_round_trip_is_exact(compression: Compression) -> None:
     encoded = encode_update(
         delta, all_alive(16), None, CodecConfig(rho=1.0, quantization="fp32", compression=compression)
     )
-    decoded = decode_update(encoded.payload, encoded.sha256).to_dense()
+    decoded = to_torch(decode_update(encoded.payload, encoded.sha256).to_dense())
     for name, tensor in delta.items():
         assert torch.equal(decoded[name], tensor)
         assert torch.equal(encoded.residual[name], torch.zeros_like(tensor))
@@ -95,22 +96,22 @@ def test_int8_error_is_at_most_half_a_scale_per_row() -> None:
     update = decode_update(encoded.payload)
     sent = update.tensors["m1.weight"]
     assert sent.rows is not None and 0 not in sent.rows.tolist()  # zero row skipped
-    decoded = sent.to_dense()
+    decoded = torch.from_numpy(sent.to_dense())
     for row in range(32):
         scale = fp16_round_up(float(matrix[row].abs().max()) / 127.0)
         error = float((decoded[row] - matrix[row]).abs().max())
         assert error <= scale / 2 * (1 + 1e-6) + 1e-30, (row, error, scale)
     # Vectors go whole in fp16 in int8 mode.
-    assert torch.equal(update.tensors["m1.bias"].to_dense(), delta["m1.bias"].half().float())
+    assert torch.equal(torch.from_numpy(update.tensors["m1.bias"].to_dense()), delta["m1.bias"].half().float())
     # The residual is exactly what was not delivered.
     for name in delta:
-        assert torch.equal(encoded.residual[name], delta[name] - update.to_dense()[name])
+        assert torch.equal(encoded.residual[name], delta[name] - torch.from_numpy(update.to_dense()[name]))
 
 
 def test_fp16_rows_decode_to_the_rounded_values() -> None:
     delta = make_delta(8, seed=2)
     encoded = encode_update(delta, all_alive(8), None, CodecConfig(rho=1.0, quantization="fp16"))
-    decoded = decode_update(encoded.payload).to_dense()
+    decoded = to_torch(decode_update(encoded.payload).to_dense())
     for name, tensor in delta.items():
         assert torch.equal(decoded[name], tensor.half().float())
 
@@ -180,7 +181,7 @@ def test_error_feedback_loses_nothing(quantization: Quantization) -> None:
         delta = make_delta(dim, seed=100 + round_index)
         alive = {name: torch.rand(dim, generator=generator) > 0.3 for name in FAM_MATRIX_NAMES}
         encoded = encode_update(delta, alive, residual, config)
-        decoded = decode_update(encoded.payload).to_dense()
+        decoded = to_torch(decode_update(encoded.payload).to_dense())
         for name in delta:
             delivered[name] += decoded[name].double()
             produced[name] += delta[name].double()
@@ -194,7 +195,7 @@ def test_zero_delta_sends_no_rows() -> None:
     delta = {name: torch.zeros(shape) for name, shape in fam_shapes(8).items()}
     encoded = encode_update(delta, all_alive(8))
     assert encoded.stats.rows_sent == {"m1.weight": 0, "m2.weight": 0}
-    assert all(torch.equal(t, torch.zeros_like(t)) for t in decode_update(encoded.payload).to_dense().values())
+    assert all(torch.equal(t, torch.zeros_like(t)) for t in to_torch(decode_update(encoded.payload).to_dense()).values())
 
 
 # --- sizes --------------------------------------------------------------------------------------------
@@ -221,7 +222,7 @@ def test_d512_payload_fits_the_budget() -> None:
     assert len(reference) > 7 * encoded.stats.payload_bytes
     # The delta applies back to give the local FAM when everything is sent in fp32.
     exact = encode_update(delta, alive_rows_of(local_fam), None, CodecConfig(rho=1.0, quantization="fp32"))
-    restored = apply_delta(fam_state(global_fam), decode_update(exact.payload).to_dense())
+    restored = apply_delta(fam_state(global_fam), to_torch(decode_update(exact.payload).to_dense()))
     for name, tensor in local.items():
         torch.testing.assert_close(restored[name], tensor, rtol=0, atol=1e-6)
 
