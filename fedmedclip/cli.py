@@ -137,6 +137,15 @@ def _register_experiment() -> None:
 _register_experiment()
 
 
+def _register_simulate() -> None:
+    from fedmedclip.simulation.cli import simulate
+
+    app.command(help="Simulate thousands of sites (vectorised, optionally on Ray) with the system's own code.")(simulate)
+
+
+_register_simulate()
+
+
 def _register_service_groups() -> None:
     """Each service owns its command group; their modules import only typer at the top, so this is cheap."""
     from aggregator_service.cli import app as aggregator_app
