@@ -140,7 +140,9 @@ _register_experiment()
 def _register_simulate() -> None:
     from fedmedclip.simulation.cli import simulate
 
-    app.command(help="Simulate thousands of sites (vectorised, optionally on Ray) with the system's own code.")(simulate)
+    app.command(help="Simulate thousands of sites (vectorised, optionally on Ray) with the system's own code.")(
+        simulate
+    )
 
 
 _register_simulate()

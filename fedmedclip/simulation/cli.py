@@ -56,4 +56,6 @@ def simulate(
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from error
     rate = sum(r.trained for r in outcome.rounds) / max(outcome.wall_seconds, 1e-9)
-    console.print(f"{outcome.wall_seconds:.1f} s, {rate:.1f} site-rounds/s; wrote {', '.join(str(p) for p in paths.values())}")
+    console.print(
+        f"{outcome.wall_seconds:.1f} s, {rate:.1f} site-rounds/s; wrote {', '.join(str(p) for p in paths.values())}"
+    )
