@@ -99,6 +99,13 @@ class RayBackend:
         self.actors: list[Any] = [
             actor_class.options(**options).remote(config.model_dump_json(), index) for index in range(config.num_shards)
         ]
+        # Wait until every actor has built its shard: errors (a memory bound, a missing file) surface here, and
+        # round timings then measure rounds, not actor start-up.
+        try:
+            self._ray.get([actor.memory.remote() for actor in self.actors])
+        except Exception:
+            self.close()
+            raise
 
     def run_round(
         self, global_fam: Mapping[str, torch.Tensor], round_index: int, assignments: Assignments
