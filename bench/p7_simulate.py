@@ -36,7 +36,7 @@ from fedmedclip.federation.delta import alive_rows_of_state, fam_delta
 from fedmedclip.model.fam import build_fam, fam_state
 from fedmedclip.simulation.config import SimulateConfig, parse_simulate_config
 from fedmedclip.simulation.runner import run_simulation
-from fedmedclip.simulation.shard import Shard
+from fedmedclip.simulation.shard import Shard, Status
 from fedmedclip.simulation.sites import site_seed
 from fedmedclip.training.local_round import train_local_round
 
@@ -70,7 +70,7 @@ def throughput(options: argparse.Namespace) -> dict[str, float]:
     settings = config(options.shard_size, 1, options)
     shard = Shard(settings, 0)
     global_fam = fam_state(build_fam(options.dim, seed=0))
-    sites = [(site, "train") for site in range(options.shard_size)]
+    sites: list[tuple[int, Status]] = [(site, "train") for site in range(options.shard_size)]
     shard.run_round(global_fam, 0, sites)  # warm-up (first-call costs, allocator)
     started = time.perf_counter()
     for round_index in range(1, options.rounds + 1):
@@ -190,12 +190,16 @@ def main() -> None:
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": options.device},
         "settings": {k: v for k, v in vars(options).items() if k != "results"},
     }
-    print(f"throughput: shard of {options.shard_size} sites × {options.samples} × {options.dim}-d, {options.rounds} rounds")
+    print(
+        f"throughput: shard of {options.shard_size} sites × {options.samples} × {options.dim}-d, "
+        f"{options.rounds} rounds"
+    )
     report["throughput"] = throughput(options)
     t = report["throughput"]
+    speedup = t["vectorised_site_rounds_per_s"] / t["one_at_a_time_site_rounds_per_s"]
     print(
         f"  vectorised {t['vectorised_site_rounds_per_s']:.1f} site-rounds/s, one at a time "
-        f"{t['one_at_a_time_site_rounds_per_s']:.1f} (×{t['vectorised_site_rounds_per_s'] / t['one_at_a_time_site_rounds_per_s']:.2f})"
+        f"{t['one_at_a_time_site_rounds_per_s']:.1f} (×{speedup:.2f})"
     )
     if not options.skip_ray:
         print("ray overhead: 2 shards, backend local vs ray")
@@ -204,11 +208,15 @@ def main() -> None:
             r = report["ray"]
             print(
                 f"  rounds: local {r['local_round_seconds']:.1f} s, ray {r['ray_round_seconds']:.1f} s "
-                f"(×{r['ray_round_overhead_ratio']:.2f}); ray with start-up {r['ray_wall_seconds_with_startup']:.1f} s; "
+                f"(×{r['ray_round_overhead_ratio']:.2f}); "
+                f"ray with start-up {r['ray_wall_seconds_with_startup']:.1f} s; "
                 f"same result: {r['same_result']}"
             )
     if not options.skip_scale:
-        print(f"scale: {options.scale_sites} sites × {options.scale_rounds} rounds, participation {options.participation:g}")
+        print(
+            f"scale: {options.scale_sites} sites × {options.scale_rounds} rounds, "
+            f"participation {options.participation:g}"
+        )
         report["scale"] = scale(options, options.scale_sites, options.scale_rounds)
         s = report["scale"]
         print(
