@@ -30,7 +30,7 @@ class SyntheticSites(_Strict):
     classes: int = Field(default=4, ge=2, le=1000)
     noise: float = Field(default=0.9, ge=0.0)  # spread of a class cluster
     site_shift: float = Field(default=0.3, ge=0.0)  # per-site offset (feature skew)
-    class_offset: float = Field(default=0.9, ge=0.0)  # how far image clusters sit from their text prototype
+    class_offset: float = Field(default=1.6, ge=0.0)  # how far image clusters sit from their text prototype
 
 
 class EmbeddingSites(_Strict):
