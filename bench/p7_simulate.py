@@ -60,6 +60,7 @@ def config(sites: int, rounds: int, options: argparse.Namespace, **extra: Any) -
         "device": options.device,
         "eval_every": max(rounds, 1),
         "max_shard_memory_mb": 1 << 20,
+        "codec_threads": options.codec_threads,
         **extra,
     }
     return parse_simulate_config(raw)
@@ -170,6 +171,7 @@ def main() -> None:
     args.add_argument("--scale-sites", type=int, default=1000)
     args.add_argument("--scale-rounds", type=int, default=20)
     args.add_argument("--participation", type=float, default=1.0, help="of the scale run")
+    args.add_argument("--codec-threads", type=int, default=0, help="threads encoding a shard's uploads")
     args.add_argument("--skip-ray", action="store_true")
     args.add_argument("--skip-scale", action="store_true")
     args.add_argument("--results", type=Path, default=RESULTS)
@@ -179,6 +181,7 @@ def main() -> None:
         options.scale_sites, options.scale_rounds = 10_000, 100
         options.shard_size = max(options.shard_size, 1000)
         options.skip_ray = True
+        options.codec_threads = max(options.codec_threads, min(12, os.cpu_count() or 1))
     if options.quick:
         options.dim, options.head_hidden, options.samples = 64, 64, 40
         options.shard_size, options.rounds, options.loop_sites = 8, 1, 4

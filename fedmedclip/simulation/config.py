@@ -71,6 +71,7 @@ class SimulateConfig(_Strict):
     backend: Literal["local", "ray"] = "local"
     shard_size: int = Field(default=64, ge=1)  # sites per shard: one vectorised batch, one Ray actor
     threads: int = Field(default=0, ge=0)  # torch threads per shard process; 0: torch's default
+    codec_threads: int = Field(default=0, ge=0)  # encode a shard's uploads in parallel (0 or 1: one by one)
     device: str = "cpu"  # "cuda" trains the shards on the GPU
     max_shard_memory_mb: float = Field(default=4096.0, gt=0.0)  # refuse shards whose state would exceed this
     ray: RaySettings = RaySettings()

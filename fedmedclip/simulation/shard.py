@@ -11,13 +11,14 @@ import resource
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch.func import functional_call, vmap
 
-from fedmedclip.federation.codec import encode_update
+from fedmedclip.federation.codec import EncodedUpdate, encode_update
 from fedmedclip.federation.delta import alive_rows_of_state, fam_delta
 from fedmedclip.model.ensemble import ensemble
 from fedmedclip.model.fam import build_fam, fam_shapes
@@ -124,17 +125,27 @@ class Shard:
             self.heads[name][rows] = tensor
         codec = self.config.codec.to_codec()
         new_fams = {name: tensor.cpu() for name, tensor in result.fam.items()}  # the codec works on the CPU
-        for slot, (site, status) in enumerate(working):
+
+        def encode(slot: int) -> EncodedUpdate:
             local = unstack_state(new_fams, slot)
-            position = self.position[site]
+            position = self.position[working[slot][0]]
             residual = {name: tensor[position] for name, tensor in self.residuals.items()}
-            encoded = encode_update(fam_delta(local, global_fam), alive_rows_of_state(local), residual, codec)
+            return encode_update(fam_delta(local, global_fam), alive_rows_of_state(local), residual, codec)
+
+        slots = range(len(working))
+        if self.config.codec_threads > 1:  # sites encode independently; torch and zstd release the GIL
+            with ThreadPoolExecutor(self.config.codec_threads) as pool:
+                encoded_all = list(pool.map(encode, slots))
+        else:
+            encoded_all = [encode(slot) for slot in slots]
+        for slot, ((site, status), encoded) in enumerate(zip(working, encoded_all, strict=True)):
             report.train_metrics[site] = result.metrics[slot]
             if status == "straggle":
                 # The upload arrives after the round closed and is refused; the agent keeps its residual
                 # as it was, so the error feedback resends the same information next time.
                 report.late_bytes += len(encoded.payload)
                 continue
+            position = self.position[site]
             for name, tensor in encoded.residual.items():
                 self.residuals[name][position] = tensor
             report.uploads.append(Upload(site, result.num_samples, encoded.payload, encoded.sha256))

@@ -113,3 +113,10 @@ def test_cli_runs_a_simulation_and_reports_bad_files(small_config: dict[str, Any
     assert "rounds" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["simulate", "-c", str(tmp_path / "sim.yaml"), "--backend", "spark"])
     assert result.exit_code == 2 and "--backend" in result.output
+
+
+def test_parallel_encoding_gives_the_same_result(small_config: dict[str, Any]) -> None:
+    serial = run_simulation(parse_simulate_config({**small_config, "rounds": 1}))
+    parallel = run_simulation(parse_simulate_config({**small_config, "rounds": 1, "codec_threads": 3}))
+    assert all(torch.equal(t, parallel.global_fam[n]) for n, t in serial.global_fam.items())
+    assert serial.rounds[0].upload_bytes == parallel.rounds[0].upload_bytes
