@@ -145,9 +145,10 @@ _register_experiment()
 def _register_simulate() -> None:
     from fedmedclip.simulation.cli import simulate
 
-    app.command(help="Simulate thousands of sites (vectorised, optionally on Ray) with the system's own code.")(
-        simulate
-    )
+    app.command(
+        help="Simulate thousands of sites with the system's own training, codec and aggregation code, "
+        "vectorised per shard, locally or on Ray; writes results.json, results.md and plots (docs/simulation.md)."
+    )(simulate)
 
 
 _register_simulate()
