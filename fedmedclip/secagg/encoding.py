@@ -92,10 +92,13 @@ def site_weight(config: SecureAggregationConfig, num_samples: int, weighting: st
 @dataclass(frozen=True)
 class SiteEncoding:
     integers: np.ndarray  # signed int64: w·q per coordinate, then w (what the sum adds up exactly)
-    residues: np.ndarray  # the same modulo 2^bits as uint64: the input to SecAggClient.masked_input
     residual: dict[str, np.ndarray]  # float32, every FAM tensor: what this round did not send
     clipped: bool  # the L2 clip scaled the sent values down
     clamped: int  # coordinates cut to the fixed-point range
+
+    def residues(self, fixed: FixedPoint) -> np.ndarray:
+        """The integers modulo the round's 2^bits (known once every site advertised): the masks' input."""
+        return fixed.to_ring(self.integers)
 
 
 def encode_site(
@@ -104,7 +107,6 @@ def encode_site(
     alive_rows: Mapping[str, np.ndarray],
     layout: Layout,
     config: SecureAggregationConfig,
-    fixed: FixedPoint,
     weight: int,
 ) -> SiteEncoding:
     """One site's vector for a secure round (module docstring); ``delta`` is ``FAM_local − FAM_global``."""
@@ -139,7 +141,6 @@ def encode_site(
     integers = np.concatenate([quantised * weight, np.array([weight], dtype=np.int64)])
     return SiteEncoding(
         integers=integers,
-        residues=fixed.to_ring(integers),
         residual={name: value.astype(np.float32) for name, value in new_residual.items()},
         clipped=clipped,
         clamped=clamped,

@@ -75,12 +75,12 @@ def test_ten_sites_sum_exactly_and_land_within_the_quantisation_bound(dropped: s
     samples = {site: 5 + 7 * i for i, site in enumerate(deltas)}  # some above the cap of 40
     encoded = {
         site: encoding.encode_site(
-            delta, None, alive_all(), layout, CONFIG, fixed, encoding.site_weight(CONFIG, samples[site], "samples")
+            delta, None, alive_all(), layout, CONFIG, encoding.site_weight(CONFIG, samples[site], "samples")
         )
         for site, delta in deltas.items()
     }
     total = secure_round(
-        {s: e.residues for s, e in encoded.items()}, fixed.bits, layout.length, 6, set(), silent_at_unmask=dropped
+        {s: e.residues(fixed) for s, e in encoded.items()}, fixed.bits, layout.length, 6, set(), silent_at_unmask=dropped
     )
     exact = sum(e.integers for e in encoded.values())
     assert np.array_equal(fixed.to_signed(total), exact)
@@ -98,13 +98,13 @@ def test_dropping_after_share_keys_removes_the_site_and_fewer_than_t_reveal_noth
     layout = encoding.round_layout("run-x", 4, DIM, 0.25)
     deltas = site_deltas(10, seed=2)
     fixed = CONFIG.fixed_point(10)
-    encoded = {s: encoding.encode_site(d, None, alive_all(), layout, CONFIG, fixed, 3) for s, d in deltas.items()}
+    encoded = {s: encoding.encode_site(d, None, alive_all(), layout, CONFIG, 3) for s, d in deltas.items()}
     gone = {"site-00", "site-03", "site-09"}
-    total = secure_round({s: e.residues for s, e in encoded.items()}, fixed.bits, layout.length, 6, gone, set())
+    total = secure_round({s: e.residues(fixed) for s, e in encoded.items()}, fixed.bits, layout.length, 6, gone, set())
     assert np.array_equal(fixed.to_signed(total), sum(e.integers for s, e in encoded.items() if s not in gone))
     with pytest.raises(SecAggError, match="threshold"):
         secure_round(
-            {s: e.residues for s, e in encoded.items()}, fixed.bits, layout.length, 6, set(),
+            {s: e.residues(fixed) for s, e in encoded.items()}, fixed.bits, layout.length, 6, set(),
             silent_at_unmask={f"site-{i:02d}" for i in range(5)},
         )
 
@@ -116,8 +116,7 @@ def test_error_feedback_keeps_everything_not_sent_and_dead_rows_go_as_zeros() ->
     alive = alive_all()
     dead = int(layout.rows["m2.weight"][1])
     alive["m2.weight"][dead] = False
-    fixed = CONFIG.fixed_point(3)
-    out = encoding.encode_site(delta, None, alive, layout, CONFIG, fixed, 1)
+    out = encoding.encode_site(delta, None, alive, layout, CONFIG, 1)
     assert out.clipped and out.clamped >= 1
     sent = layout.unflatten(out.integers[:-1].astype(np.float64) * CONFIG.scale)
     assert np.all(sent["m2.weight"][1] == 0)  # the dead row's coordinates are zeros on the wire
