@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator_service.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 from aggregator_service.store.base import (
-    MaskedInputRecord,
     AuditEntry,
     AuditRecord,
     Contribution,
+    MaskedInputRecord,
     NewUpdate,
     NewVersion,
     RoundRecord,
@@ -37,10 +37,10 @@ from aggregator_service.store.base import (
 )
 from aggregator_service.store.engine import create_engines, upgrade_to_head
 from aggregator_service.store.schema import (
-    MaskedInputRow,
     AuditRow,
     ContributionRow,
     FamVersionRow,
+    MaskedInputRow,
     RoundRow,
     RunRow,
     SiteRow,
@@ -368,7 +368,9 @@ class SqlStore(Store):
             if current is None:
                 raise NotFound(f"no round with id {round_id}")
             existing = session.scalar(
-                select(MaskedInputRow.sha256).where(MaskedInputRow.round_id == round_id, MaskedInputRow.site_id == site_id)
+                select(MaskedInputRow.sha256).where(
+                    MaskedInputRow.round_id == round_id, MaskedInputRow.site_id == site_id
+                )
             )
             if existing is not None:
                 if existing == sha256:

@@ -49,7 +49,9 @@ class SecureAggregationConfig:
             problems.append(f"degree must be an integer >= 1, 'auto' or 'all', got {self.degree!r}")
         for name in ("clip_norm", "coordinate_bound", "phase_timeout_s"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+            if not (
+                isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+            ):
                 problems.append(f"{name} must be a positive number, got {value!r}")
         if not _is_int(self.precision_bits) or not 1 <= self.precision_bits <= 16:
             problems.append(f"precision_bits must be an integer in 1..16, got {self.precision_bits!r}")

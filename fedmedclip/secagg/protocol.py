@@ -139,7 +139,9 @@ class SecAggClient:
     def advertise(self) -> AdvertisedKeys:
         return AdvertisedKeys(self.site, self._channel.public, self._mask.public)
 
-    def share_keys(self, advertised: Collection[AdvertisedKeys], params: RoundParams | None = None) -> list[SealedShares]:
+    def share_keys(
+        self, advertised: Collection[AdvertisedKeys], params: RoundParams | None = None
+    ) -> list[SealedShares]:
         if self._directory is not None:
             raise SecAggError("keys were already shared this round")
         if params is not None:
@@ -164,7 +166,9 @@ class SecAggClient:
             key = self._channel_key(directory, holder)
             plaintext = mask_share.to_bytes() + seed_share.to_bytes()
             sealed.append(
-                SealedShares(self.site, holder, aead.seal(key, plaintext, _share_ad(directory.params, self.site, holder)))
+                SealedShares(
+                    self.site, holder, aead.seal(key, plaintext, _share_ad(directory.params, self.site, holder))
+                )
             )
         return sealed
 

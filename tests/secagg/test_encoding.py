@@ -20,7 +20,9 @@ def site_deltas(n: int, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     out = {}
     for i in range(n):
-        delta = {name: rng.normal(0, 0.002, (DIM, DIM) if name in FAM_MATRIX_NAMES else (DIM,)) for name in FAM_TENSOR_NAMES}
+        delta = {
+            name: rng.normal(0, 0.002, (DIM, DIM) if name in FAM_MATRIX_NAMES else (DIM,)) for name in FAM_TENSOR_NAMES
+        }
         out[f"site-{i:02d}"] = delta
     return out
 
@@ -30,7 +32,11 @@ def alive_all() -> dict[str, np.ndarray]:
 
 
 def secure_round(
-    encoded: dict[str, np.ndarray], bits: int, length: int, threshold: int, drop_before_input: set[str],
+    encoded: dict[str, np.ndarray],
+    bits: int,
+    length: int,
+    threshold: int,
+    drop_before_input: set[str],
     silent_at_unmask: set[str],
 ) -> np.ndarray:
     params = RoundParams("run-x", 4, threshold, bits, length)
@@ -80,7 +86,12 @@ def test_ten_sites_sum_exactly_and_land_within_the_quantisation_bound(dropped: s
         for site, delta in deltas.items()
     }
     total = secure_round(
-        {s: e.residues(fixed) for s, e in encoded.items()}, fixed.bits, layout.length, 6, set(), silent_at_unmask=dropped
+        {s: e.residues(fixed) for s, e in encoded.items()},
+        fixed.bits,
+        layout.length,
+        6,
+        set(),
+        silent_at_unmask=dropped,
     )
     exact = sum(e.integers for e in encoded.values())
     assert np.array_equal(fixed.to_signed(total), exact)
@@ -104,7 +115,11 @@ def test_dropping_after_share_keys_removes_the_site_and_fewer_than_t_reveal_noth
     assert np.array_equal(fixed.to_signed(total), sum(e.integers for s, e in encoded.items() if s not in gone))
     with pytest.raises(SecAggError, match="threshold"):
         secure_round(
-            {s: e.residues(fixed) for s, e in encoded.items()}, fixed.bits, layout.length, 6, set(),
+            {s: e.residues(fixed) for s, e in encoded.items()},
+            fixed.bits,
+            layout.length,
+            6,
+            set(),
             silent_at_unmask={f"site-{i:02d}" for i in range(5)},
         )
 
