@@ -39,18 +39,18 @@ def next_task(svc: Services, site: SiteRecord, config: RunConfig, current: Round
         if state.phase == Phase.ADVERTISE and name not in state.advertised:
             return m.SecureAdvertiseTask(state.number, state.input_version, state.deadline)
         directory = state.directory
-        if state.phase == Phase.SHARE_KEYS and directory is not None and name in directory.keys:
-            if name not in state.shares_from:
-                params = directory.params
-                return m.SecureShareKeysTask(
-                    state.number,
-                    params.threshold,
-                    params.bits,
-                    params.degree or 0,
-                    params.graph_seed,
-                    tuple(directory.keys.values()),
-                    state.deadline,
-                )
+        sharing = state.phase == Phase.SHARE_KEYS and directory is not None and name in directory.keys
+        if sharing and directory is not None and name not in state.shares_from:
+            params = directory.params
+            return m.SecureShareKeysTask(
+                state.number,
+                params.threshold,
+                params.bits,
+                params.degree or 0,
+                params.graph_seed,
+                tuple(directory.keys.values()),
+                state.deadline,
+            )
         if state.phase == Phase.MASKED_INPUT and name in state.inbox and name not in state.masked:
             return m.SecureMaskedInputTask(state.number, state.inbox[name], state.deadline)
         if state.phase == Phase.UNMASK and name in state.survivors and name not in state.revealed:
