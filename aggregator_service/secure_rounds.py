@@ -32,6 +32,7 @@ from aggregator_service.logs import event
 from aggregator_service.store.base import NewVersion, RoundRecord, RoundState, RunRecord
 from fedmedclip.federation.run_config import RunConfig
 from fedmedclip.secagg import encoding, packing
+from fedmedclip.secagg.encoding import round_params
 from fedmedclip.secagg.protocol import (
     AdvertisedKeys,
     Directory,
@@ -54,26 +55,6 @@ class Phase(enum.StrEnum):
     MASKED_INPUT = "masked_input"
     UNMASK = "unmask"
     CLOSING = "closing"  # the engine is unmasking: late answers are refused
-
-
-def graph_seed(run_id: str, round_number: int) -> bytes:
-    """The public seed of a round's SecAgg+ graph; every party derives it the same way."""
-    return hashlib.sha256(f"fedmedclip/secagg/graph|{run_id}|{round_number}".encode()).digest()
-
-
-def round_params(run_id: str, round_number: int, config: RunConfig, sites: int) -> RoundParams:
-    """What every party of a round with ``sites`` advertised sites agrees on (each derives it itself)."""
-    secure = config.secure_aggregation
-    layout = encoding.round_layout(run_id, round_number, config.embed_dim, secure.row_fraction)
-    return RoundParams(
-        run_id=run_id,
-        round=round_number,
-        threshold=secure.round_threshold(sites),
-        bits=secure.bits_for(sites),
-        length=layout.length,
-        degree=secure.round_degree(sites),
-        graph_seed=graph_seed(run_id, round_number),
-    )
 
 
 @dataclass
@@ -196,7 +177,9 @@ def _after_advertise(svc: Services, state: SecureRound, now: datetime, past: boo
             return 0.0
         return 1.0  # accept_until_quorum: keep collecting keys
     try:
-        params = round_params(state.run_id, state.number, state.config, count)
+        params = round_params(
+            state.run_id, state.number, state.config.secure_aggregation, state.config.embed_dim, count
+        )
         state.directory = Directory(params, list(state.advertised.values()))
     except (SecAggError, ValueError) as exc:
         _abandon(svc, state, f"cannot set up the secure round: {exc}", now)

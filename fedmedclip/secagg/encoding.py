@@ -31,6 +31,7 @@ from safetensors.numpy import save as save_safetensors
 
 from fedmedclip.secagg.config import SecureAggregationConfig
 from fedmedclip.secagg.fixedpoint import FixedPoint
+from fedmedclip.secagg.protocol import RoundParams
 
 # The FAM's tensors (docs/design.md §3.3); a test checks they equal fedmedclip.model.fam's names.
 MATRIX_NAMES = ("m1.weight", "m2.weight")
@@ -80,6 +81,25 @@ def round_layout(run_id: str, round_number: int, dim: int, row_fraction: float) 
         generator = np.random.Generator(np.random.PCG64(int.from_bytes(digest, "big")))
         rows[name] = np.sort(generator.choice(dim, size=count, replace=False)).astype(np.int64)
     return Layout(dim, rows)
+
+
+def graph_seed(run_id: str, round_number: int) -> bytes:
+    """The public seed of a round's SecAgg+ graph; every party derives it the same way."""
+    return hashlib.sha256(f"fedmedclip/secagg/graph|{run_id}|{round_number}".encode()).digest()
+
+
+def round_params(run_id: str, round_number: int, config: SecureAggregationConfig, dim: int, sites: int) -> RoundParams:
+    """What every party of a round with ``sites`` advertised sites agrees on; each derives it itself, so a
+    site can refuse a server that announces a lower threshold or a smaller modulus."""
+    return RoundParams(
+        run_id=run_id,
+        round=round_number,
+        threshold=config.round_threshold(sites),
+        bits=config.bits_for(sites),
+        length=round_layout(run_id, round_number, dim, config.row_fraction).length,
+        degree=config.round_degree(sites),
+        graph_seed=graph_seed(run_id, round_number),
+    )
 
 
 def site_weight(config: SecureAggregationConfig, num_samples: int, weighting: str) -> int:
