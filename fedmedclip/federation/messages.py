@@ -291,6 +291,7 @@ class RoundStatus:
     output_version: int  # 0 until the round closes
     participants: tuple[SiteParticipation, ...] = ()
     metrics: Mapping[str, float] = field(default_factory=dict)
+    message: str = ""  # why an abandoned round ended
 
 
 @dataclass(frozen=True)

@@ -803,6 +803,7 @@ def round_status_to_proto(status: m.RoundStatus) -> admin_pb.RoundStatus:
         output_version=status.output_version,
         participants=[participation_to_proto(p) for p in status.participants],
         metrics=dict(status.metrics),
+        message=status.message,
     )
     _set_time(message.closed_at, status.closed_at)
     return message
@@ -819,6 +820,7 @@ def round_status_from_proto(message: admin_pb.RoundStatus) -> m.RoundStatus:
         output_version=message.output_version,
         participants=tuple(participation_from_proto(p) for p in message.participants),
         metrics=dict(message.metrics),
+        message=message.message,
     )
 
 

@@ -56,7 +56,7 @@ PARTS = (
     m.SiteParticipation("site-c", m.ParticipationState.MISSING),
 )
 CLOSED = m.RoundStatus(1, m.RoundState.CLOSED, T0, T0 + timedelta(minutes=10), T0, 1, 2, PARTS, {"acc": 0.75})
-OPEN = m.RoundStatus(2, m.RoundState.OPEN, T0, T0 + timedelta(minutes=10), None, 2, 0)
+OPEN = m.RoundStatus(2, m.RoundState.OPEN, T0, T0 + timedelta(minutes=10), None, 2, 0, message="reopened")
 STATUS = m.RunStatus("r1", "demo", m.RunState.RUNNING, CONFIG, 2, 2, T0, None, "", (CLOSED, OPEN))
 FINISHED = m.RunStatus("r0", "", m.RunState.FAILED, CONFIG, 3, 4, T0, T0, "aggregation failed")
 VERSION = m.FamVersion(2, "r1", 1, 1, "cd" * 32, 4096, T0, (m.VersionContribution("site-a", 90, 1234),))
