@@ -16,6 +16,7 @@ import pytest
 
 from fedmedclip.bundle import read_current
 from fedmedclip.data.synth import SynthConfig, SynthSummary, generate
+from fedmedclip.federation.codec import CodecConfig
 from fedmedclip.secagg.config import SecureAggregationConfig
 from tests.agent.conftest import Aggregator, run_completed, tiny_run, write_agent_config
 from tests.agent.test_e2e import run_done, spawn
@@ -34,9 +35,11 @@ def larger_sites(tmp_path_factory: pytest.TempPathFactory) -> SynthSummary:
 def federate(aggregator: Aggregator, synth: SynthSummary, tokens: dict[str, str], label: str, secure: bool) -> float:
     """One run with fresh agent state; returns the sites' mean validation ensemble accuracy of the final FAM."""
     work = aggregator.workdir / label
-    # 10 bits of precision: with 3 sites the modulus is still only 19 bits.
-    secure_config = SecureAggregationConfig(enabled=secure, precision_bits=10, phase_timeout_s=30.0)
-    run_id = aggregator.start_run(tiny_run(rounds=ROUNDS, min_sites=3, secure_aggregation=secure_config))
+    # Both modes send every row (ρ = 1): the comparison is of the secure machinery (masks, fixed point,
+    # weights under the masks), not of which rows a round sends. 10 bits of precision: 3 sites need 19 bits.
+    secure_config = SecureAggregationConfig(enabled=secure, precision_bits=10, row_fraction=1.0, phase_timeout_s=30.0)
+    config = tiny_run(rounds=ROUNDS, min_sites=3, secure_aggregation=secure_config, codec=CodecConfig(rho=1.0))
+    run_id = aggregator.start_run(config)
     logs = {site: work / f"{site}.log" for site in SITES}
     agents: dict[str, subprocess.Popen[bytes]] = {}
     work.mkdir(parents=True, exist_ok=True)
