@@ -107,7 +107,9 @@ def secure_round(updates: list[dict[str, torch.Tensor]], dim: int, secure: Secur
     for name in names:
         keys = timed(name, clients[name].advertise)
         advertised.append(keys)
-        sent[name] += len(serde.advertise_keys_request_to_proto(m.AdvertiseKeysRequest(RUN, 1, keys)).SerializeToString())
+        sent[name] += len(
+            serde.advertise_keys_request_to_proto(m.AdvertiseKeysRequest(RUN, 1, keys)).SerializeToString()
+        )
     inbox: dict[str, list[m.SealedShares]] = {name: [] for name in names}
     for name in names:
         sealed = timed(name, lambda c=clients[name]: c.share_keys(advertised, params))
@@ -117,10 +119,14 @@ def secure_round(updates: list[dict[str, torch.Tensor]], dim: int, secure: Secur
             inbox[item.receiver].append(item)
     masked = {}
     for name in names:
-        vector = timed(name, lambda c=clients[name], e=encoded[name], s=inbox[name]: c.masked_input(s, e.residues(fixed)))
+        vector = timed(
+            name, lambda c=clients[name], e=encoded[name], s=inbox[name]: c.masked_input(s, e.residues(fixed))
+        )
         data = timed(name, lambda v=vector: packing.pack(v, fixed.bits))
         header = m.MaskedInputHeader(RUN, 1, hashlib.sha256(data).hexdigest(), len(data))
-        sent[name] += sum(len(c.SerializeToString()) for c in serde.masked_input_chunks_to_proto(header, data, 256 << 10))
+        sent[name] += sum(
+            len(c.SerializeToString()) for c in serde.masked_input_chunks_to_proto(header, data, 256 << 10)
+        )
         masked[name] = data
     revealed = {}
     for name in names:
@@ -221,9 +227,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scale = scaling(dim, [25, 50, 100] if not options.quick else [8, 16], secure)
     for row in scale:
         auto, pairs = row["auto"], row["all_pairs"]
+        auto_ms, pairs_ms = auto["mask_seconds"] * 1000, pairs["mask_seconds"] * 1000
         print(
-            f"scaling n={row['sites']:>3}: one site masks with k={auto['degree']:>2} in {auto['mask_seconds'] * 1000:6.1f} ms,"
-            f" all pairs k={pairs['degree']:>3} in {pairs['mask_seconds'] * 1000:6.1f} ms"
+            f"scaling n={row['sites']:>3}: one site masks with k={auto['degree']:>2} in {auto_ms:6.1f} ms,"
+            f" all pairs k={pairs['degree']:>3} in {pairs_ms:6.1f} ms"
         )
     figures: dict[str, Any] = {
         "p8_secagg_upload_bytes": largest["upload_bytes"] if largest["sites"] == 100 else None,
