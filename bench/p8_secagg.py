@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=RESULTS / "p8.json", help="where the JSON result goes")
     parser.add_argument("--no-merge", action="store_true", help="do not merge the keys into latest.json")
     options = parser.parse_args(argv)
+    torch.set_num_threads(1)  # as the aggregator runs (torch_threads: 1); numpy's side is single-threaded too
     dim = options.dim or (64 if options.quick else 512)
     counts = [3, 10] if options.quick else [3, 10, 100]
     secure = SecureAggregationConfig(enabled=True)
