@@ -184,10 +184,21 @@ def scaling(dim: int, counts: list[int], secure: SecureAggregationConfig) -> lis
 
 
 def merge_latest(figures: dict[str, Any], path: Path) -> None:
+    """Put P8's keys, goals and details into ``latest.json`` (keeping every other key) and redo ``latest.md``."""
+    from fedmedclip.experiment.perf.collect import GOALS, to_markdown
+
     latest = json.loads(path.read_text()) if path.is_file() else {}
-    latest.update({key: figures[key] for key in ("p8_secagg_upload_bytes", "p8_secagg_round_overhead_100_sites")})
+    keys = ("p8_secagg_upload_bytes", "p8_secagg_round_overhead_100_sites")
+    latest.update({key: figures[key] for key in keys})
+    goals = latest.setdefault("goals", {})
+    for goal in GOALS:
+        if goal.key in keys:
+            value = figures[goal.key]
+            holds = None if value is None else bool(goal.holds(value))
+            goals[goal.key] = {"what": goal.what, "goal": goal.target, "measured": value, "holds": holds}
     latest.setdefault("details", {})["p8"] = figures
     path.write_text(json.dumps(latest, indent=2, sort_keys=False) + "\n")
+    path.with_suffix(".md").write_text(to_markdown(latest))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
