@@ -293,3 +293,44 @@ def test_fam_bytes_written_without_torch_match_the_plain_writer() -> None:
 
     state = initial_fam(DIM, 3)
     assert encoding.fam_arrays_to_bytes({k: v.numpy() for k, v in state.items()}) == fam_to_bytes(state)
+
+
+def test_hostile_masked_inputs_and_unmask_answers_are_refused_and_store_nothing(
+    server: RunningServer, admin: AdminStub, enrol: Callable[[str], SiteClient]
+) -> None:
+    config = secure_config(secure_aggregation=dataclasses.replace(SECURE, threshold=None))  # t = 2 of 3
+    sites = start_sites(admin, enrol, 3, config)
+    through_masked_input(sites, [])
+    site = sites[0]
+    task = wait_task(site, m.SecureMaskedInputTask)
+    fixed = SECURE.fixed_point(3)
+    size = packing.packed_size(encoding.round_layout(site.run_id, 1, DIM, SECURE.row_fraction).length, fixed.bits)
+
+    def send(data: bytes, sha256: str, total: int) -> grpc.RpcError:
+        header = m.MaskedInputHeader(site.run_id, task.round, sha256, total)
+        chunks = serde.masked_input_chunks_to_proto(header, data, 4096)
+        with pytest.raises(grpc.RpcError) as refused:
+            site.wire.stub.SubmitMaskedInput(chunks, metadata=bearer(site.wire.token), timeout=TIMEOUT)
+        return refused.value
+
+    wrong_size = send(b"\x00" * (size - 1), hashlib.sha256(b"\x00" * (size - 1)).hexdigest(), size - 1)
+    assert wrong_size.code() == grpc.StatusCode.INVALID_ARGUMENT and "bytes" in wrong_size.details()
+    wrong_sha = send(b"\x00" * size, "ab" * 32, size)
+    assert wrong_sha.code() == grpc.StatusCode.INVALID_ARGUMENT and "sha256" in wrong_sha.details()
+    longer = send(b"\x00" * (size + 5), "ab" * 32, size)
+    assert longer.code() == grpc.StatusCode.INVALID_ARGUMENT and "longer" in longer.details()
+    assert stored_rows(server)["masked_inputs"] == []
+    for other in sites:
+        other.mask(task if other is site else wait_task(other, m.SecureMaskedInputTask), 3)
+    unmask = wait_task(site, m.SecureUnmaskTask)
+    assert site.protocol is not None
+    revealed = site.protocol.unmask(unmask.survivors, unmask.dropped)
+    doubled = m.UnmaskRequest(site.run_id, unmask.round, (revealed[0], revealed[0]))
+    with pytest.raises(grpc.RpcError) as twice:
+        site.call("Unmask", serde.unmask_request_to_proto(doubled))
+    assert twice.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    site.call("Unmask", serde.unmask_request_to_proto(m.UnmaskRequest(site.run_id, unmask.round, tuple(revealed))))
+    for other in sites[1:]:
+        other.unmask(wait_task(other, m.SecureUnmaskTask))
+    status = admin.wait_for(lambda s: s.rounds[0].state == admin_pb2.ROUND_STATE_CLOSED, site.run_id)
+    assert status.rounds[0].metrics["secure_sites"] == 3
