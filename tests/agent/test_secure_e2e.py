@@ -81,6 +81,7 @@ def test_secure_mode_finishes_within_half_a_point_of_plain_mode(
     tokens = {site: aggregator.enrol(site) for site in SITES}
     plain = federate(aggregator, larger_sites, tokens, "plain", secure=False)
     secure = federate(aggregator, larger_sites, tokens, "secure", secure=True)
+    print(f"mean validation ensemble accuracy: plain {plain:.4f}, secure {secure:.4f}")
     assert abs(secure - plain) * 100 <= 0.5, (secure, plain)
 
     with sqlite3.connect(aggregator.database) as connection:
