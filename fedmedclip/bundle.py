@@ -288,10 +288,10 @@ def write_bundle(
 ) -> Bundle:
     """Publish a new bundle version for ``site`` and (by default) make it ``current``; return it verified.
 
-        The agent calls this after each round with the global FAM it trained from (``fam_version`` as the
-        aggregator numbers it), its private head (``None`` for a site without one: zero-shot only), its class
-        list, prompt templates and text prototypes. ``version`` defaults to :func:`default_version`. Versions are
-        immutable: an existing name raises ``BundleError``. ``calibration`` (the temperature fitted on the site's
+    The agent calls this after each round with the global FAM it trained from (``fam_version`` as the
+    aggregator numbers it), its private head (``None`` for a site without one: zero-shot only), its class
+    list, prompt templates and text prototypes. ``version`` defaults to :func:`default_version`. Versions are
+    immutable: an existing name raises ``BundleError``. ``calibration`` (the temperature fitted on the site's
     validation split, with ECE before and after) goes into the manifest; the API applies it. Invalid inputs
     raise ``ValueError`` before anything touches the disk; the new folder is read back and verified before
     ``current`` is switched.
