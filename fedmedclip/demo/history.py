@@ -26,7 +26,7 @@ def parse_timestamp(text: str) -> datetime:
 
 def round_history(status: dict[str, Any]) -> list[dict[str, Any]]:
     """``[{round, version, close_s, bytes: {site: n}, metrics: {site: {zero_shot_acc, …}}}]`` per closed round."""
-    history = []
+    history: list[dict[str, Any]] = []
     for item in status.get("rounds", []):
         if item.get("state") != "ROUND_STATE_CLOSED":
             continue
