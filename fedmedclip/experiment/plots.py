@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: never try to open a window
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 Series = Mapping[str, Sequence[float]]  # legend label → y per round (round 1, 2, …)
 Markers = Mapping[str, tuple[float, float]]  # legend label → one (x, y) point drawn as a star
@@ -46,6 +47,7 @@ def line_panels(
         for label, (x, y) in (markers or {}).get(name, {}).items():
             axis.plot([x], [100.0 * y if percent else y], marker="*", markersize=12, linestyle="none", label=label)
         axis.set_title(name)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
         axis.set_xlabel(xlabel)
         axis.set_ylabel(f"{ylabel} (%)" if percent else ylabel)
         if log_y:
