@@ -1,16 +1,23 @@
-"""The admin CLI's side of the Admin service: a channel with the right credentials, and readable errors."""
+"""The Admin service's client transport: a channel with the right credentials, typed calls, readable errors.
+
+Protobuf stays inside: requests and replies go through ``fedmedclip.federation.serde``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
 
 from aggregator_service.settings import AggregatorSettings, ConfigError, is_loopback
-from fedmedclip.rpc.v1 import admin_pb2_grpc, common_pb2
+from fedmedclip.federation import messages as m
+from fedmedclip.federation import serde
+from fedmedclip.federation.run_config import RunConfig
+from fedmedclip.rpc.v1 import admin_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 30.0
+_Reply = TypeVar("_Reply")
 
 
 class AdminCallError(RuntimeError):
@@ -51,28 +58,77 @@ def open_channel(settings: AggregatorSettings, target: str | None = None) -> grp
 
 
 class AdminClient:
-    """Admin RPCs with the admin credential attached; ``AdminCallError`` on failure."""
+    """The Admin service's calls as typed methods, with the admin credential attached.
+
+    Takes and returns ``fedmedclip.federation.messages`` values; raises ``AdminCallError`` on failure.
+    """
 
     def __init__(self, channel: grpc.Channel, admin_token: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._stub = admin_pb2_grpc.AdminStub(channel)
         self._metadata = (("authorization", f"Bearer {admin_token}"),)
         self._timeout = timeout_s
 
-    def call(self, method: str, request: Any) -> Any:
-        try:
-            return getattr(self._stub, method)(request, metadata=self._metadata, timeout=self._timeout)
-        except grpc.RpcError as exc:
-            raise AdminCallError(exc.code(), exc.details() or "") from exc
+    def start_run(self, config: RunConfig, name: str = "", initial_version: int = 0) -> m.StartRunReply:
+        request = serde.start_run_request_to_proto(m.StartRunRequest(config, name, initial_version))
+        return self._call(self._stub.StartRun, request, serde.start_run_reply_from_proto)
 
-    def download(self, method: str, request: Any) -> tuple[common_pb2.ModelHeader, bytes]:
-        """A streamed model: its header and all data bytes (the caller verifies the sha256)."""
+    def stop_run(self, run_id: str, reason: str = "") -> m.RunState:
+        request = serde.stop_run_request_to_proto(m.StopRunRequest(run_id, reason))
+        return self._call(self._stub.StopRun, request, serde.stop_run_reply_from_proto).state
+
+    def list_runs(self) -> list[m.RunStatus]:
+        """Every run, newest first, without its rounds."""
+        request = serde.list_runs_request_to_proto(m.ListRunsRequest())
+        return list(self._call(self._stub.ListRuns, request, serde.list_runs_reply_from_proto).runs)
+
+    def run_status(self, run_id: str = "") -> m.RunStatus:
+        """A run with its rounds; ``""``: the most recent run."""
+        request = serde.get_run_status_request_to_proto(m.GetRunStatusRequest(run_id))
+        return self._call(self._stub.GetRunStatus, request, serde.run_status_from_proto)
+
+    def list_versions(self, run_id: str) -> list[m.FamVersion]:
+        request = serde.list_versions_request_to_proto(m.ListVersionsRequest(run_id))
+        return list(self._call(self._stub.ListVersions, request, serde.list_versions_reply_from_proto).versions)
+
+    def export_version(self, version: int) -> tuple[m.ModelHeader, bytes]:
+        """A FAM version's header and all its bytes (the caller verifies the sha256)."""
+        request = serde.export_version_request_to_proto(m.ExportVersionRequest(version))
         try:
-            stream: Iterator[common_pb2.ModelChunk] = getattr(self._stub, method)(
-                request, metadata=self._metadata, timeout=self._timeout
-            )
-            chunks = list(stream)
+            chunks = [serde.model_chunk_from_proto(c) for c in self._stub.ExportVersion(request, **self._options())]
         except grpc.RpcError as exc:
             raise AdminCallError(exc.code(), exc.details() or "") from exc
-        if not chunks or chunks[0].WhichOneof("kind") != "header":
+        except ValueError as exc:
+            raise AdminCallError(grpc.StatusCode.DATA_LOSS, f"the model stream is malformed: {exc}") from exc
+        header = chunks[0] if chunks else None
+        if not isinstance(header, m.ModelHeader):
             raise AdminCallError(grpc.StatusCode.DATA_LOSS, "the model stream did not start with a header")
-        return chunks[0].header, b"".join(chunk.data for chunk in chunks[1:])
+        data = [c for c in chunks[1:] if isinstance(c, bytes)]
+        if len(data) != len(chunks) - 1:
+            raise AdminCallError(grpc.StatusCode.DATA_LOSS, "the model stream repeated its header")
+        return header, b"".join(data)
+
+    def enrol_site(self, name: str, description: str = "") -> m.EnrolSiteReply:
+        """Enrol a site; the reply holds its token, which is shown only this once."""
+        request = serde.enrol_site_request_to_proto(m.EnrolSiteRequest(name, description))
+        return self._call(self._stub.EnrolSite, request, serde.enrol_site_reply_from_proto)
+
+    def list_sites(self) -> list[m.Site]:
+        request = serde.list_sites_request_to_proto(m.ListSitesRequest())
+        return list(self._call(self._stub.ListSites, request, serde.list_sites_reply_from_proto).sites)
+
+    def revoke_site(self, name: str, reason: str = "") -> m.Site:
+        request = serde.revoke_site_request_to_proto(m.RevokeSiteRequest(name, reason))
+        return self._call(self._stub.RevokeSite, request, serde.revoke_site_reply_from_proto).site
+
+    def _options(self) -> dict[str, Any]:
+        return {"metadata": self._metadata, "timeout": self._timeout}
+
+    def _call(self, method: Any, request: Any, read: Callable[[Any], _Reply]) -> _Reply:
+        try:
+            reply = method(request, **self._options())
+        except grpc.RpcError as exc:
+            raise AdminCallError(exc.code(), exc.details() or "") from exc
+        try:
+            return read(reply)
+        except ValueError as exc:  # e.g. an enum value from a newer aggregator
+            raise AdminCallError(grpc.StatusCode.DATA_LOSS, f"cannot read the aggregator's reply: {exc}") from exc

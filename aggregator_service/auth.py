@@ -1,4 +1,4 @@
-"""Credentials: site tokens (random, shown once, stored as a hash) and the admin bearer token.
+"""Credentials: site tokens (random, shown once, stored as a hash) and the admin bearer token; who a call is.
 
 Site tokens carry 256 bits of randomness, so a plain SHA-256 is enough to store them: there is nothing to
 brute-force, and a fast hash lets every call look its site up by an indexed column. Comparisons of secrets
@@ -13,7 +13,9 @@ import re
 import secrets
 from collections.abc import Iterable
 
-from aggregator_service.errors import InvalidArgument, Unauthenticated
+from aggregator_service.context import Services
+from aggregator_service.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from aggregator_service.store.base import SiteRecord
 
 TOKEN_PREFIX = "fmc_"  # noqa: S105 - not a secret: makes tokens recognisable to secret scanners
 SITE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -51,3 +53,26 @@ def check_site_name(name: str) -> str:
     if not SITE_NAME_PATTERN.match(name):
         raise InvalidArgument(f"invalid site name {name!r}: use letters, digits, '-', '_' or '.', at most 64")
     return name
+
+
+def authenticate_site(svc: Services, token: str) -> SiteRecord:
+    """The enabled site the token belongs to; the admin token is not a site.
+
+    The lookup is by the token's SHA-256, so its timing says nothing about the token itself.
+    """
+    site = svc.store.site_by_token_hash(hash_token(token))
+    if site is None:
+        if same_secret(token, svc.admin_token):
+            raise PermissionDenied("the admin credential cannot act as a site; use a site token")
+        raise Unauthenticated("unknown site token")
+    if not site.enabled:
+        raise Unauthenticated(f"the token of site {site.name!r} was revoked")
+    return site
+
+
+def authenticate_admin(svc: Services, token: str) -> None:
+    if same_secret(token, svc.admin_token):
+        return
+    if svc.store.site_by_token_hash(hash_token(token)) is not None:
+        raise PermissionDenied("site credentials cannot call Admin RPCs")
+    raise Unauthenticated("unknown admin credential")

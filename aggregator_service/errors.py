@@ -1,4 +1,4 @@
-"""Refusals the aggregator's layers raise; the servicer maps each to one gRPC status code, in one place."""
+"""Refusals the aggregator's layers raise; the transport maps each to one gRPC status code, in one place."""
 
 from __future__ import annotations
 

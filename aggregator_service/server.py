@@ -13,25 +13,19 @@ from typing import Any
 
 import grpc
 import torch
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health
 from prometheus_client import start_http_server
 from sqlalchemy.engine import make_url
 
 from aggregator_service.context import Limits, Services
 from aggregator_service.logs import event
 from aggregator_service.rounds import RoundEngine
-from aggregator_service.servicer import AdminServicer, FederationServicer
 from aggregator_service.settings import AggregatorSettings, ConfigError
 from aggregator_service.store.base import Store
 from aggregator_service.store.sql import SqlStore
-from fedmedclip.rpc.v1 import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc
+from aggregator_service.transport import add_services, set_health
 
 log = logging.getLogger("aggregator_service.server")
-
-SERVICE_NAMES = (
-    federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name,
-    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-)
 
 
 def grpc_options(settings: AggregatorSettings) -> list[tuple[str, Any]]:
@@ -110,10 +104,7 @@ def start_server(settings: AggregatorSettings, store: Store | None = None) -> Ru
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         options=grpc_options(settings),
     )
-    federation_pb2_grpc.add_FederationServicer_to_server(FederationServicer(svc), server)
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(svc), server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_servicer = add_services(server, svc)
     bind = f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"
     try:
         port = server.add_secure_port(bind, credentials) if credentials else server.add_insecure_port(bind)
@@ -121,8 +112,7 @@ def start_server(settings: AggregatorSettings, store: Store | None = None) -> Ru
         store.close()
         raise ConfigError(f"cannot bind {bind}: {exc}") from exc
     server.start()
-    for name in ("", *SERVICE_NAMES):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    set_health(health_servicer, serving=True)
 
     metrics_http, metrics_port = None, None
     if settings.metrics_port is not None:

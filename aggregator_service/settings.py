@@ -1,24 +1,23 @@
 """The aggregator's settings: one pydantic-settings class, env prefix ``FEDMEDCLIP_AGGREGATOR_``.
 
-Precedence, highest first: command-line flags, environment variables, the YAML file (``--config``),
-defaults. Validators refuse insecure combinations instead of warning about them: plaintext gRPC is only
-possible with ``insecure_loopback`` *and* a loopback bind address, and a weak admin token is refused.
+Loading (flags over environment over the YAML file over defaults, ``${VAR}`` in the file, unknown keys
+refused) comes from ``fedmedclip.settings.ServiceSettings``. Validators refuse insecure combinations instead
+of warning about them: plaintext gRPC is only possible with ``insecure_loopback`` *and* a loopback bind
+address, and a weak admin token is refused.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
-)
+from pydantic_settings import SettingsConfigDict
 
 from fedmedclip.netaddr import is_loopback
+from fedmedclip.settings import ConfigError, ServiceSettings
+
+__all__ = ["ENV_PREFIX", "AggregatorSettings", "ConfigError", "is_loopback"]
 
 ENV_PREFIX = "FEDMEDCLIP_AGGREGATOR_"
 MIN_ADMIN_TOKEN_CHARS = 24
@@ -27,15 +26,11 @@ _WEAK_TOKENS = frozenset({"changeme", "change-me", "admin", "password", "secret"
 _MESSAGE_OVERHEAD = 16 << 10  # room for a chunk message's framing around its data bytes
 
 
-class ConfigError(ValueError):
-    """The settings cannot start or reach the service; the message says which setting to fix."""
+class AggregatorSettings(ServiceSettings):
+    """Every setting of the aggregator service and of the admin CLI that talks to it; ``load`` reads them."""
 
-
-class AggregatorSettings(BaseSettings):
-    """Every setting of the aggregator service and of the admin CLI that talks to it."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
-    _config_file: ClassVar[Path | None] = None
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX)
+    label: ClassVar[str] = "aggregator settings"
 
     # --- serving ---------------------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Address the gRPC server binds.")
@@ -80,32 +75,6 @@ class AggregatorSettings(BaseSettings):
     admin_tls_cert_file: Path | None = Field(default=None, description="Client certificate for mTLS (CLI).")
     admin_tls_key_file: Path | None = Field(default=None, description="Client key for mTLS (CLI).")
     admin_tls_server_name: str | None = Field(default=None, description="Name to check the server certificate against.")
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if cls._config_file is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls._config_file))
-        return tuple(sources)
-
-    @classmethod
-    def load(cls, config_file: Path | None = None, **overrides: Any) -> AggregatorSettings:
-        """Settings from flags (``overrides``; ``None`` values ignored), env, the YAML file and defaults."""
-        given = {key: value for key, value in overrides.items() if value is not None}
-        if config_file is None:
-            return cls(**given)
-        if not config_file.is_file():
-            raise ConfigError(f"config file {config_file} does not exist")
-        # A subclass that knows the file: settings sources are chosen per class, not per instance.
-        bound = type(cls.__name__, (cls,), {"_config_file": config_file})
-        return bound(**given)
 
     @field_validator("admin_token")
     @classmethod

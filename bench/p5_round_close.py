@@ -37,13 +37,14 @@ from typing import Any
 import grpc
 import torch
 
-from fedmedclip import PROTOCOL_VERSION
+from aggregator_service.admin_client import AdminClient
 from fedmedclip.federation.aggregate import validate_update
 from fedmedclip.federation.codec import CodecConfig, EncodedUpdate, decode_update, encode_update
+from fedmedclip.federation.messages import TrainTask, UpdateHeader
 from fedmedclip.federation.run_config import RunConfig
-from fedmedclip.federation.serde import codec_config_to_proto, run_config_to_proto
 from fedmedclip.model.fam import FAM_MATRIX_NAMES, fam_shapes
-from fedmedclip.rpc.v1 import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc
+from hospital_agent.client import FederationClient
+from hospital_agent.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_MS = 200.0
@@ -90,47 +91,51 @@ def start_server(database_url: str, admin_token: str, log_path: Path) -> tuple[s
 
 
 class Site:
-    def __init__(self, name: str, token: str, port: int, update: EncodedUpdate) -> None:
+    """One simulated site speaking through the agent's own Federation client (the code real sites run)."""
+
+    def __init__(self, name: str, token: str, port: int, update: EncodedUpdate, workdir: Path) -> None:
         self.name = name
-        self.metadata = (("authorization", f"Bearer {token}"),)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self.stub = federation_pb2_grpc.FederationStub(self.channel)
+        settings = load_settings(
+            None,
+            site=name,
+            aggregator=f"127.0.0.1:{port}",
+            token=token,
+            insecure_loopback=True,
+            data={"adapter": "imagefolder", "root": str(workdir)},  # never read: the bench trains nothing
+            rpc_timeout_s=60.0,
+            chunk_bytes=65536,
+        )
+        self.client = FederationClient(settings, token, threading.Event())
         self.update = update
 
     def join(self) -> str:
-        request = federation_pb2.JoinRequest(protocol_major=PROTOCOL_VERSION[0], protocol_minor=PROTOCOL_VERSION[1])
-        return str(self.stub.Join(request, metadata=self.metadata, timeout=30).run_id)
+        return self.client.join().run_id
 
-    def train_task(self, run_id: str, wait_seconds: int = 0) -> federation_pb2.TrainTask:
-        request = federation_pb2.PollTaskRequest(run_id=run_id, wait_seconds=wait_seconds)
-        task = self.stub.PollTask(request, metadata=self.metadata, timeout=60 + wait_seconds)
-        if task.WhichOneof("kind") != "train":
+    def train_task(self, run_id: str, wait_seconds: int = 0) -> TrainTask:
+        task = self.client.poll(run_id, wait_seconds)
+        if not isinstance(task, TrainTask):
             raise RuntimeError(f"{self.name}: expected a train task, got {task}")
-        return task.train
+        return task
 
-    def round_trip(self, run_id: str, task: federation_pb2.TrainTask, barrier: threading.Barrier) -> float:
+    def round_trip(self, run_id: str, task: TrainTask, barrier: threading.Barrier) -> float:
         """Download the round's FAM, then upload; returns when the upload was answered (perf_counter)."""
         barrier.wait()
-        request = federation_pb2.GetModelRequest(version=task.fam_version)
-        received = sum(len(c.data) for c in self.stub.GetModel(request, metadata=self.metadata, timeout=60))
-        assert received > 0
-        header = federation_pb2.UpdateHeader(
+        _header, data = self.client.get_model(task.fam_version)
+        assert len(data) > 0
+        header = UpdateHeader(
             run_id=run_id,
             round=task.round,
             base_version=task.fam_version,
             num_samples=100,
             metrics={"train_loss": 0.5},
-            codec=codec_config_to_proto(CodecConfig()),
+            codec=CodecConfig(),
             sha256=self.update.sha256,
             total_bytes=len(self.update.payload),
             site=self.name,
         )
-        payload = self.update.payload
-        chunks = [federation_pb2.UpdateChunk(header=header)]
-        chunks += [federation_pb2.UpdateChunk(data=payload[i : i + 65536]) for i in range(0, len(payload), 65536)]
-        response = self.stub.SubmitUpdate(iter(chunks), metadata=self.metadata, timeout=60)
-        if not response.accepted or response.duplicate:
-            raise RuntimeError(f"{self.name}: update not accepted: {response}")
+        reply = self.client.submit(header, self.update.payload)
+        if not reply.accepted or reply.duplicate:
+            raise RuntimeError(f"{self.name}: update not accepted: {reply}")
         return time.perf_counter()
 
 
@@ -166,23 +171,20 @@ def main() -> None:
     server, port, metrics_port = start_server(database_url, admin_token, workdir / "aggregator.log")
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            admin = admin_pb2_grpc.AdminStub(channel)
-            meta = (("authorization", f"Bearer {admin_token}"),)
+            admin = AdminClient(channel, admin_token)
             sites = []
             for i, update in enumerate(updates):
                 name = f"site-{i:03d}"
-                token = admin.EnrolSite(admin_pb2.EnrolSiteRequest(site=name), metadata=meta, timeout=30).token
-                sites.append(Site(name, token, port, update))
+                sites.append(Site(name, admin.enrol_site(name).token, port, update, workdir))
             config = RunConfig(embed_dim=args.dim, rounds=args.rounds + 1, min_sites=args.sites, round_timeout_s=600)
-            request = admin_pb2.StartRunRequest(config=run_config_to_proto(config), name="p5")
-            run_id = admin.StartRun(request, metadata=meta, timeout=30).run_id
+            run_id = admin.start_run(config, name="p5").run_id
             rounds = [run_round(sites, run_id, metrics_port) for _ in range(args.rounds)]
         after = scrape(metrics_port)
     finally:
         server.terminate()
         server.wait(timeout=60)
         for site in sites if "sites" in locals() else []:
-            site.channel.close()
+            site.client.close()
 
     server_close = [r["server_close_ms"] for r in rounds]
     validations = after["fedmedclip_aggregator_update_validation_seconds_count"]

@@ -1,4 +1,7 @@
-"""The single ``fedmedclip`` command. Each group delegates to plain functions; nothing here does the work."""
+"""The single ``fedmedclip`` command. Each group delegates to plain functions; nothing here does the work.
+
+``app`` holds the core's commands; ``main`` adds the services' groups (``fedmedclip aggregator|agent|api``)
+found through entry points, so that importing this module loads no service."""
 
 from __future__ import annotations
 
@@ -46,7 +49,8 @@ def synth(
     seed: Annotated[int, typer.Option(min=0, help="Seed; the same seed gives byte-identical images.")] = 0,
 ) -> None:
     """Generate a synthetic, heterogeneous multi-site lesion image set (deterministic from the seed)."""
-    from fedmedclip.console import console, progress_bar
+    from fedmedclip.console import error as print_error
+    from fedmedclip.console import progress_bar, say
     from fedmedclip.data.synth import SynthConfig, generate
 
     try:
@@ -63,9 +67,9 @@ def synth(
         with progress_bar("generating") as update:
             summary = generate(config, out_dir, progress=update)
     except (ValueError, OSError) as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(2) from error
-    console.print(f"wrote {summary.total_images} images for {len(summary.counts)} sites to {out_dir}")
+        print_error(str(error))
+        raise typer.Exit(2) from None
+    say(f"wrote {summary.total_images} images for {len(summary.counts)} sites to {out_dir}")
 
 
 @app.command()
@@ -87,7 +91,8 @@ def demo(
     real process; then predict every site's held-out images over REST and print the results."""
     from rich.table import Table
 
-    from fedmedclip.console import console
+    from fedmedclip.console import error as print_error
+    from fedmedclip.console import print_table, say, warning
     from fedmedclip.demo.orchestrate import DemoSettings, run_demo
     from fedmedclip.demo.processes import ServiceError
 
@@ -102,19 +107,29 @@ def demo(
         timeout_s=timeout,
     )
     try:
-        report = run_demo(settings, say=console.print, warn=lambda text: console.print(f"[bold red]WARNING:[/] {text}"))
+        report = run_demo(settings, say=say, warn=warning)
     except (ServiceError, ValueError, OSError) as error:
-        console.print(f"[red]demo failed:[/] {error}")
-        raise typer.Exit(1) from error
+        print_error(f"demo failed: {error}")
+        raise typer.Exit(1) from None
     weights_note = report.backbone["weights"] + ("" if report.backbone["pretrained"] else " (random init)")
     table = Table(title=f"FedMedCLIP demo: {model} {weights_note}, {rounds} rounds, held-out images via REST")
-    # Short headers: the table must fit 80 columns when stdout is not a terminal (the rest is in report.md).
-    for column in ("site", "n", "zero-shot", "head", "ensemble", "F1", "ECE", "α"):
+    for column in (
+        "site",
+        "images",
+        "classes",
+        "zero-shot acc",
+        "head acc",
+        "ensemble acc",
+        "macro-F1",
+        "ECE",
+        "mean α",
+    ):
         table.add_column(column)
     for name, score in report.sites.items():
         table.add_row(
             name,
             str(score.n_images),
+            str(score.n_classes),
             f"{score.zero_shot_acc:.3f}",
             f"{score.head_acc:.3f}",
             f"{score.ensemble_acc:.3f}",
@@ -122,11 +137,11 @@ def demo(
             f"{score.ece:.3f}",
             f"{score.mean_alpha:.2f}",
         )
-    console.print(table)
+    print_table(table)
     per_round = [max(r.values()) for r in report.upload_bytes_per_round if r]
     if per_round:
-        console.print(f"upload per site per round: ≤ {max(per_round) / 1024:.1f} KiB")
-    console.print(f"wall time {report.wall_time_s:.0f} s; report: {out_dir / 'report.md'} (plots beside it)")
+        say(f"upload per site per round: ≤ {max(per_round) / 1024:.1f} KiB")
+    say(f"wall time {report.wall_time_s:.0f} s; report: {out_dir / 'report.md'} (plots beside it)")
 
 
 def _register_experiment() -> None:
@@ -140,21 +155,32 @@ def _register_experiment() -> None:
 _register_experiment()
 
 
+def _register_backbone() -> None:
+    from fedmedclip.model.pack_cli import app as backbone_app
+
+    app.add_typer(backbone_app, name="backbone", help="Backbone packs: a CLIP model as checked files, loaded offline.")
+
+
+_register_backbone()
+
+
+ENTRY_POINT_GROUP = "fedmedclip.cli"
+
+
 def _register_service_groups() -> None:
-    """Each service owns its command group; their modules import only typer at the top, so this is cheap."""
-    from aggregator_service.cli import app as aggregator_app
-    from hospital_agent.cli import app as agent_app
-    from inference_api.cli import app as api_app
+    """Add every command group installed under the ``fedmedclip.cli`` entry-point group (docs/design.md §2).
 
-    app.add_typer(aggregator_app, name="aggregator", help="The aggregator: rounds, sites and FAM versions over gRPC.")
-    app.add_typer(
-        agent_app, name="agent", help="The hospital agent: train locally, push masked updates, publish bundles."
-    )
-    app.add_typer(api_app, name="api", help="The inference API: serve each site's classifier over REST.")
+    The services declare theirs in pyproject.toml, so the core imports no service: the group's module is
+    imported only here, when the ``fedmedclip`` command runs, and each imports only typer at the top.
+    """
+    from importlib.metadata import entry_points
 
-
-_register_service_groups()
+    registered = {group.name for group in app.registered_groups}
+    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda point: point.name):
+        if point.name not in registered:
+            app.add_typer(point.load(), name=point.name)
 
 
 def main() -> None:
+    _register_service_groups()
     app()

@@ -15,6 +15,8 @@ from typing import Any, Literal, TextIO
 
 LogFormat = Literal["text", "json"]
 _FIELDS = "fields"
+# Loggers that ship with handlers of their own (uvicorn's default logging config): ours take them over.
+_ADOPTED = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
 def event(logger: logging.Logger, message: str, level: int = logging.INFO, **fields: Any) -> None:
@@ -71,10 +73,16 @@ def _not_root_chatter(record: logging.LogRecord) -> bool:
 
 
 def configure_logging(fmt: LogFormat = "text", level: str = "INFO", stream: TextIO | None = None) -> None:
-    """Send every log line (ours, grpc's, torch's) to ``stream`` (stderr: journald under systemd).
+    """Send every log line (ours, grpc's, torch's, uvicorn's) to ``stream`` (stderr: journald under systemd).
 
     Replaces the root logger's earlier handlers, so calling it again (tests, restarts) does not duplicate lines.
     """
+    for name in _ADOPTED:
+        # Libraries that install their own handlers would print lines in their own format between ours.
+        adopted = logging.getLogger(name)
+        for old in list(adopted.handlers):
+            adopted.removeHandler(old)
+        adopted.propagate = True
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_not_root_chatter)

@@ -27,6 +27,7 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 
 from fedmedclip import PROTOCOL_VERSION, __version__
+from fedmedclip.federation import messages as m
 from fedmedclip.federation import serde
 from fedmedclip.logs import event
 from fedmedclip.rpc.v1 import federation_pb2_grpc
@@ -121,39 +122,38 @@ class FederationClient:
 
     # --- calls ------------------------------------------------------------------------------------------
 
-    def join(self, device: str = "", platform: str = "", torch_version: str = "") -> serde.JoinReply:
-        request = serde.join_request_to_proto(
-            PROTOCOL_VERSION, __version__, platform=platform, torch_version=torch_version, device=device
-        )
+    def join(self, device: str = "", platform: str = "", torch_version: str = "") -> m.JoinReply:
+        info = m.SiteInfo(platform=platform, torch_version=torch_version, device=device)
+        request = serde.join_request_to_proto(m.JoinRequest(PROTOCOL_VERSION, __version__, info))
         reply = self._retrying("Join", lambda: self._unary(self._stub.Join, request, self._timeout))
-        return serde.join_response_from_proto(reply)
+        return serde.join_reply_from_proto(reply)
 
-    def poll(self, run_id: str, wait_s: int) -> serde.SiteTask:
-        request = serde.poll_request_to_proto(run_id, wait_s)
+    def poll(self, run_id: str, wait_s: int) -> m.SiteTask:
+        request = serde.poll_request_to_proto(m.PollTaskRequest(run_id, wait_s))
         reply = self._retrying("PollTask", lambda: self._unary(self._stub.PollTask, request, self._timeout + wait_s))
         return serde.task_from_proto(reply)
 
-    def get_model(self, version: int) -> tuple[serde.ModelHeader, bytes]:
+    def get_model(self, version: int) -> tuple[m.ModelHeader, bytes]:
         """Download a FAM version; its length, sha256, version and format are verified before returning."""
         return self._retrying("GetModel", lambda: self._download(version))
 
-    def submit(self, header: serde.UpdateHeader, payload: bytes) -> serde.SubmitReply:
+    def submit(self, header: m.UpdateHeader, payload: bytes) -> m.SubmitReply:
         """Upload an update; resending after a lost reply is safe (the aggregator acknowledges a duplicate)."""
 
         def attempt() -> Any:
             chunks = serde.update_chunks_to_proto(header, payload, self.settings.chunk_bytes)
             return self._wait(self._stub.SubmitUpdate.future(chunks, metadata=self._metadata, timeout=self._timeout))
 
-        return serde.submit_response_from_proto(self._retrying("SubmitUpdate", attempt))
+        return serde.submit_reply_from_proto(self._retrying("SubmitUpdate", attempt))
 
-    def heartbeat(self, run_id: str, activity: serde.SiteActivity, round_number: int) -> serde.HeartbeatReply:
+    def heartbeat(self, run_id: str, activity: m.SiteActivity, round_number: int) -> m.HeartbeatReply:
         """One attempt, short deadline: a missed heartbeat is harmless and the next one comes soon."""
-        request = serde.heartbeat_request_to_proto(run_id, activity, round_number)
+        request = serde.heartbeat_request_to_proto(m.HeartbeatRequest(run_id, activity, round_number))
         try:
             reply = self._stub.Heartbeat(request, metadata=self._metadata, timeout=min(10.0, self._timeout))
         except grpc.RpcError as error:
             raise _failure("Heartbeat", error) from None
-        return serde.heartbeat_response_from_proto(reply)
+        return serde.heartbeat_reply_from_proto(reply)
 
     # --- plumbing ---------------------------------------------------------------------------------------
 
@@ -170,11 +170,11 @@ class FederationClient:
                 raise AgentStopped
         return future.result()
 
-    def _download(self, version: int) -> tuple[serde.ModelHeader, bytes]:
+    def _download(self, version: int) -> tuple[m.ModelHeader, bytes]:
         stream = self._stub.GetModel(
-            serde.get_model_request_to_proto(version), metadata=self._metadata, timeout=self._timeout
+            serde.get_model_request_to_proto(m.GetModelRequest(version)), metadata=self._metadata, timeout=self._timeout
         )
-        header: serde.ModelHeader | None = None
+        header: m.ModelHeader | None = None
         parts: list[bytes] = []
         received = 0
         try:
@@ -182,7 +182,7 @@ class FederationClient:
                 if self.stop.is_set():
                     raise AgentStopped
                 chunk = serde.model_chunk_from_proto(message)
-                if isinstance(chunk, serde.ModelHeader):
+                if isinstance(chunk, m.ModelHeader):
                     if header is not None:
                         raise AggregatorError("GetModel", "DATA_LOSS", "the model stream repeated its header")
                     header = chunk
@@ -241,13 +241,13 @@ def _failure(method: str, error: grpc.RpcError) -> AggregatorError:
     return AggregatorError(method, "UNKNOWN", str(error))
 
 
-def _check_download(version: int, header: serde.ModelHeader | None, data: bytes) -> None:
+def _check_download(version: int, header: m.ModelHeader | None, data: bytes) -> None:
     if header is None:
         raise AggregatorError("GetModel", "DATA_LOSS", "the model stream ended without a header")
     problems = []
     if header.version != version:
         problems.append(f"asked for version {version}, got {header.version}")
-    if header.format != serde.MODEL_FORMAT_SAFETENSORS:
+    if header.format != m.MODEL_FORMAT_SAFETENSORS:
         problems.append(f"unsupported model format {header.format}")
     if len(data) != header.total_bytes:
         problems.append(f"received {len(data)} of {header.total_bytes} bytes")

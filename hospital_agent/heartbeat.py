@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from fedmedclip.federation.serde import SiteActivity
+from fedmedclip.federation.messages import SiteActivity
 from fedmedclip.logs import event
 from hospital_agent.client import AggregatorError, FederationClient
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from fedmedclip.data.imagefolder import LabeledImages
-from fedmedclip.federation import serde
+from fedmedclip.federation import messages as m
 from fedmedclip.federation.codec import CodecConfig
 from fedmedclip.federation.fam_bytes import fam_from_bytes
 from fedmedclip.federation.run_config import RunConfig
@@ -120,7 +120,7 @@ class AgentLoop:
                 self._submit_pending()
             self._serve_run(session)
 
-    def _join(self) -> serde.JoinReply:
+    def _join(self) -> m.JoinReply:
         reply = self.client.join(
             device=str(self.device), platform=platform.platform(terse=True), torch_version=torch.__version__
         )
@@ -143,9 +143,9 @@ class AgentLoop:
                     self._sleep(self.settings.idle_poll_s)  # never a tight Join/Poll loop if it insists
                     return
                 raise
-            if isinstance(task, serde.WaitTask):
+            if isinstance(task, m.WaitTask):
                 self._sleep(max(0.05, task.retry_after_s) * random.uniform(1.0, 1.2))
-            elif isinstance(task, serde.DoneTask):
+            elif isinstance(task, m.DoneTask):
                 self._finish(session, task)
                 return
             else:
@@ -182,7 +182,7 @@ class AgentLoop:
         state.head, state.head_classes = head, list(session.data.classes)
         self.store.save(state)
 
-    def _train(self, session: RunSession, task: serde.TrainTask) -> None:
+    def _train(self, session: RunSession, task: m.TrainTask) -> None:
         state = self.state
         if state.fam is None or state.fam_version != task.fam_version:
             self._adopt(session, task.fam_version)
@@ -238,7 +238,7 @@ class AgentLoop:
         state = self.state
         pending = state.pending
         assert pending is not None
-        header = serde.UpdateHeader(
+        header = m.UpdateHeader(
             run_id=pending.run_id,
             round=pending.round,
             base_version=pending.base_version,
@@ -329,7 +329,7 @@ class AgentLoop:
         self.store.save(state)
         self._event("model adopted", run=session.run_id, version=version, **_fields(metrics, "val_"))
 
-    def _finish(self, session: RunSession, done: serde.DoneTask) -> None:
+    def _finish(self, session: RunSession, done: m.DoneTask) -> None:
         state = self.state
         if done.final_version and (state.fam is None or done.final_version != state.fam_version):
             self._adopt(session, done.final_version)

@@ -1,9 +1,8 @@
 """The agent's settings: one pydantic-settings class, env prefix ``FEDMEDCLIP_AGENT_``, an optional YAML file.
 
-Precedence, highest first: explicit overrides (CLI flags), environment variables (nested keys with ``__``:
-``FEDMEDCLIP_AGENT_DATA__ROOT``), the YAML file, defaults. The YAML file may reference the environment as
-``${NAME}`` or ``${NAME:-default}`` (``$$`` is a literal ``$``), so the token can stay out of the file:
-``token: ${FEDMEDCLIP_AGENT_TOKEN}``. Unknown keys are errors: a misspelt key must not silently fall back.
+Loading comes from ``fedmedclip.settings.ServiceSettings``: explicit overrides (CLI flags) over environment
+variables (nested keys with ``__``: ``FEDMEDCLIP_AGENT_DATA__ROOT``) over the YAML file over defaults; the file
+may say ``token: ${FEDMEDCLIP_AGENT_TOKEN}`` to keep the token out of it; unknown keys are errors.
 
 Validators refuse what would be unsafe or cannot work: plaintext gRPC except to a loopback aggregator with
 ``insecure_loopback``, a client certificate without its key, both ``token`` and ``token_file``, an unknown
@@ -12,16 +11,17 @@ data adapter. Messages name the setting to fix and never echo secret values.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from fedmedclip.netaddr import is_loopback
+from fedmedclip.settings import ConfigError, ServiceSettings
+
+__all__ = ["ADAPTERS", "CONFIG_ENV", "ENV_PREFIX", "AgentSettings", "ConfigError", "load_settings", "split_target"]
 
 ENV_PREFIX = "FEDMEDCLIP_AGENT_"
 CONFIG_ENV = "FEDMEDCLIP_AGENT_CONFIG"
@@ -30,11 +30,6 @@ ADAPTERS: tuple[str, ...] = ("imagefolder", "csv", "isic2019", "dicom")
 # Site names become bundle folders and URL segments (``fedmedclip.bundle.check_name`` has the same rule).
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigError(ValueError):
-    """The configuration cannot work; the message names the file or setting to fix."""
 
 
 def split_target(target: str) -> tuple[str, int]:
@@ -113,13 +108,11 @@ class BackboneSettings(_Section):
     seed: int = Field(default=0, ge=0, description="Seed of a random-init backbone (tests and demos only).")
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(ServiceSettings):
     """Every setting of the hospital agent (``run``, ``embed``, ``status``)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
-    )
-    _config_file: ClassVar[Path | None] = None
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__")
+    label: ClassVar[str] = "agent settings"
 
     site: str = Field(description="This site's enrolled name (the aggregator's name for the token).")
     aggregator: str = Field(description="host:port of the aggregator's gRPC endpoint.")
@@ -151,20 +144,6 @@ class AgentSettings(BaseSettings):
     chunk_bytes: int = Field(default=256 << 10, ge=1 << 10, le=1 << 20, description="Update bytes per message.")
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if cls._config_file is not None:
-            sources.append(_InterpolatedYaml(settings_cls, cls._config_file))
-        return tuple(sources)
 
     @field_validator("site")
     @classmethod
@@ -227,85 +206,10 @@ class AgentSettings(BaseSettings):
         return value
 
 
-class _InterpolatedYaml(PydanticBaseSettingsSource):
-    """The YAML file's mapping with ``${NAME}`` references replaced from the environment."""
-
-    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
-        super().__init__(settings_cls)
-        self.path = path
-        self.data = read_config_file(path)
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self.data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self.data)
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse the YAML file and interpolate ``${NAME}``; ``ConfigError`` names the file and the problem."""
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from error
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of settings, not a {type(loaded).__name__}")
-    result = _interpolate(loaded, path, "")
-    assert isinstance(result, dict)
-    return result
-
-
-def _interpolate(value: Any, path: Path, where: str) -> Any:
-    if isinstance(value, dict):
-        return {key: _interpolate(item, path, f"{where}.{key}" if where else str(key)) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_interpolate(item, path, f"{where}[{index}]") for index, item in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name, default = match.group(1), match.group(2)
-        found = os.environ.get(name)
-        if found is None or (found == "" and default is not None):
-            if default is None:
-                raise ConfigError(f"config file {path}: {where} uses ${{{name}}}, which is not set in the environment")
-            return default
-        return found
-
-    return _INTERPOLATION.sub(substitute, value)
-
-
 def load_settings(config_file: Path | None = None, **overrides: Any) -> AgentSettings:
     """Settings from overrides (``None`` ignored), the environment, ``config_file`` and defaults.
 
     Raises ``ConfigError`` with every problem listed by setting name (input values are never echoed: they
     may hold the token).
     """
-    given = {key: value for key, value in overrides.items() if value is not None}
-    try:
-        if config_file is None:
-            return AgentSettings(**given)
-        if not config_file.is_file():
-            raise ConfigError(f"config file {config_file} does not exist")
-        # Sources are chosen per class: a subclass that knows the file.
-        bound = type(AgentSettings.__name__, (AgentSettings,), {"_config_file": config_file})
-        settings: AgentSettings = bound(**given)
-        return settings
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {_clean(item['msg'])}"
-            for item in error.errors(include_input=False, include_url=False)
-        )
-        where = f" in {config_file}" if config_file is not None else ""
-        raise ConfigError(f"invalid agent settings{where}: {problems}") from None
-
-
-def _clean(message: str) -> str:
-    # pydantic prefixes validator messages with "Value error, "; the rest is ours and reads better alone.
-    return message.removeprefix("Value error, ")
+    return AgentSettings.load(config_file, **overrides)

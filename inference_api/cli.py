@@ -33,28 +33,33 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the API until SIGINT/SIGTERM (in-flight requests finish first)."""
-    from pydantic import ValidationError
-
-    from inference_api.server import run
-    from inference_api.settings import load_settings
+    from fedmedclip.model.backbone import WeightsUnavailableError
+    from inference_api.server import prepare, run
+    from inference_api.settings import ConfigError, load_settings
 
     try:
         settings = load_settings(config)
-    except (ValidationError, FileNotFoundError, ValueError) as error:
-        typer.echo(f"error: invalid inference API settings:\n{error}", err=True)
-        raise typer.Exit(2) from error
+    except ConfigError as error:
+        raise _fail(str(error)) from None
     if not is_loopback(host):
         if settings.allow_unauthenticated and not settings.api_keys:
-            typer.echo(f"error: refusing to serve without API keys on non-loopback address {host}", err=True)
-            raise typer.Exit(2)
+            raise _fail(f"refusing to serve without API keys on non-loopback address {host}")
         if not settings.tls and not settings.allow_plaintext:
-            typer.echo(
-                f"error: refusing plain HTTP on non-loopback address {host}: set tls_certfile and tls_keyfile, "
-                "or allow_plaintext behind a TLS-terminating proxy",
-                err=True,
+            raise _fail(
+                f"refusing plain HTTP on non-loopback address {host}: set tls_certfile and tls_keyfile, "
+                "or allow_plaintext behind a TLS-terminating proxy"
             )
-            raise typer.Exit(2)
-    sys.exit(run(settings, host, port))
+    try:
+        backbone = prepare(settings)
+    except (WeightsUnavailableError, ValueError) as error:
+        raise _fail(f"cannot load the backbone: {error}") from None
+    sys.exit(run(settings, host, port, backbone))
+
+
+def _fail(message: str) -> typer.Exit:
+    """One plain line on stderr and exit status 1, as the aggregator and the agent refuse to start."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
 
 
 @app.command("hash-key")

@@ -1,42 +1,17 @@
-"""Running the app under uvicorn: logging, a port-0 friendly startup line, graceful shutdown."""
+"""Running the app under uvicorn: the shared log schema, a port-0 friendly startup line, graceful shutdown."""
 
 from __future__ import annotations
 
-import json
-import logging
 import socket
-import sys
 
 import uvicorn
 
+from fedmedclip.logs import configure_logging
+from fedmedclip.model.backbone import Backbone, BackboneSpec, load_backbone
 from inference_api.app import create_app
 from inference_api.settings import ApiSettings
 
 _GRACE_S = 10  # in-flight requests get this long to finish after SIGTERM
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(settings: ApiSettings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _JsonFormatter() if settings.log_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
-    )
-    logger = logging.getLogger("inference_api")
-    logger.handlers[:] = [handler]
-    logger.setLevel(settings.log_level.upper())
-    logger.propagate = False
 
 
 class _Server(uvicorn.Server):
@@ -55,13 +30,26 @@ class _Server(uvicorn.Server):
                 return
 
 
-def run(settings: ApiSettings, host: str, port: int) -> int:
-    configure_logging(settings)
+def prepare(settings: ApiSettings) -> Backbone:
+    """Set up the shared logs and load the backbone, before uvicorn starts.
+
+    Loaded outside uvicorn's lifespan so that missing weights stop the command with
+    ``WeightsUnavailableError`` (one line from the CLI) instead of a traceback from inside the event loop.
+    """
+    configure_logging("json" if settings.log_json else "text", settings.log_level.upper())
+    return load_backbone(
+        BackboneSpec(settings.model, settings.weights, settings.preprocess, settings.seed), settings.device
+    )
+
+
+def run(settings: ApiSettings, host: str, port: int, backbone: Backbone) -> int:
+    """Serve until SIGINT/SIGTERM; 1 when the server could not start (e.g. the port is taken)."""
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, backbone=backbone),
         host=host,
         port=port,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers propagate to ours: one schema, no plain lines in between
         access_log=False,  # requests are counted in /metrics; access logs would name patients' uploads
         timeout_graceful_shutdown=_GRACE_S,
         server_header=False,

@@ -1,6 +1,7 @@
 """The inference API's one settings class: env vars ``FEDMEDCLIP_API_*`` over an optional YAML file.
 
-Precedence, highest first: values passed in code, environment variables, the YAML file, the defaults.
+Precedence, highest first: values passed in code, environment variables, the YAML file (which may use
+``${VAR}``), the defaults; loading comes from ``fedmedclip.settings.ServiceSettings``.
 ``FEDMEDCLIP_API_API_KEYS`` takes a JSON list; in YAML it is a normal list (see docs/inference_api.md).
 """
 
@@ -8,26 +9,20 @@ from __future__ import annotations
 
 import os
 import re
-from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
-)
+from pydantic_settings import SettingsConfigDict
 
 from fedmedclip.bundle import check_name
+from fedmedclip.settings import ConfigError, ServiceSettings
+
+__all__ = ["ALL_SITES", "ENV_PREFIX", "ApiKeyConfig", "ApiSettings", "ConfigError", "load_settings"]
 
 ENV_PREFIX = "FEDMEDCLIP_API_"
 ALL_SITES = "*"
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-# The YAML file for the settings being built; a context variable because pydantic-settings builds its
-# sources in a classmethod that has no other way to receive a per-call path.
-_yaml_file: ContextVar[Path | None] = ContextVar("fedmedclip_api_yaml_file", default=None)
 
 
 class ApiKeyConfig(BaseModel):
@@ -53,10 +48,11 @@ class ApiKeyConfig(BaseModel):
         return [site if site == ALL_SITES else check_name("site", site) for site in value]
 
 
-class ApiSettings(BaseSettings):
+class ApiSettings(ServiceSettings):
     """Everything the inference API reads from its environment."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True)
+    label: ClassVar[str] = "inference API settings"
 
     bundle_root: Path = Field(description="Folder holding <site>/<version>/ bundles and <site>/current.")
     model: str = Field("ViT-B-32", description="open_clip model name; must match the bundles.")
@@ -110,29 +106,8 @@ class ApiSettings(BaseSettings):
     def tls(self) -> bool:
         return self.tls_certfile is not None
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        yaml_file = _yaml_file.get()
-        if yaml_file is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
-        return tuple(sources)
-
 
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> ApiSettings:
-    """Build the settings from code overrides, the environment and ``config_file`` (YAML), in that order."""
-    path = Path(config_file) if config_file is not None else None
-    if path is not None and not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    token = _yaml_file.set(path)
-    try:
-        return ApiSettings(**overrides)
-    finally:
-        _yaml_file.reset(token)
+    """Build the settings from code overrides, the environment and ``config_file`` (YAML), in that order;
+    ``ConfigError`` lists every problem by setting name."""
+    return ApiSettings.load(config_file, **overrides)

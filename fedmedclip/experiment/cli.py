@@ -38,9 +38,9 @@ def experiment(
 ) -> None:
     """Run FedMedCLIP and the baselines on the same splits and print the paper-style table."""
     from pydantic import ValidationError
-    from rich.console import Console
 
-    from fedmedclip.console import console
+    from fedmedclip.console import error as print_error
+    from fedmedclip.console import print_table, say
     from fedmedclip.data.imagefolder import DatasetError
     from fedmedclip.experiment.config import ConfigError, load_config
     from fedmedclip.experiment.report import build_tables, to_rich
@@ -52,13 +52,12 @@ def experiment(
         out_dir = out or Path("runs") / settings.name
         result = run_experiment(settings, out_dir, ConsoleReporter())
     except (ConfigError, DatasetError, WeightsUnavailableError, ValidationError, ValueError, OSError) as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(2) from error
-    # The tables go to stdout (the report); progress and messages went to stderr.
-    report = Console(width=max(Console().width, 160))
+        print_error(str(error))
+        raise typer.Exit(2) from None
+    # The tables go to stdout (the report): whole in a pipe, fitted on a terminal; messages went to stderr.
     for spec in build_tables(result):
-        report.print(to_rich(spec))
-    console.print(f"wrote {out_dir / RESULTS_JSON} and {out_dir / RESULTS_MD}")
+        print_table(to_rich(spec))
+    say(f"wrote {out_dir / RESULTS_JSON} and {out_dir / RESULTS_MD}")
 
 
 def main() -> None:

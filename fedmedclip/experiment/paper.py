@@ -1,19 +1,20 @@
-"""Published figures (shared/PAPER-FACTS.md) printed beside our own, always labelled as the paper's.
+"""The paper's published figures, printed beside our own and always labelled as the paper's.
 
-Sources: "notes" = third-party notes on Wu & Chaddad (AAAI 2026, arXiv 2511.07929), not checked against the
-PDF; "fig" = read by eye from the reference repository's figures (±1–2 points). Setting: ISIC2019, ViT-B/32
-with OpenAI weights, RTX 4090. Our synthetic runs are a different dataset: the numbers are context, not a
-target for them.
+The figures live as data in ``paper_facts.json`` beside this module (citation, sources and caveats
+included); this module loads them once and offers them in the shapes the report needs. Sources: "notes" =
+third-party notes on the paper, not checked against its PDF; "fig" = read by eye from the reference
+repository's figures (±1–2 points). Setting: ISIC2019, ViT-B/32 with OpenAI weights, RTX 4090. Our synthetic
+runs use other data: the numbers are context for them, not a target.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from importlib import resources
+from typing import Any
 
-CITATION = "Wu & Chaddad, AAAI 2026 (arXiv 2511.07929)"
-SETTING = "ISIC2019, ViT-B/32 openai, 6 anatomical sites + held-out"
-# The reference's ISIC2019 domain order; C1..C6 in the paper's table presumably follow it (not verified).
-SITE_ORDER = ("anterior-torso", "head-neck", "lower-extremity", "palms-soles", "posterior-torso", "upper-extremity")
+FACTS_FILE = "paper_facts.json"
 
 
 @dataclass(frozen=True)
@@ -28,42 +29,44 @@ class PaperRow:
     source: str = "notes"
 
 
+def load_facts() -> dict[str, Any]:
+    """The parsed facts file shipped with the package."""
+    text = resources.files("fedmedclip.experiment").joinpath(FACTS_FILE).read_text(encoding="utf-8")
+    facts = json.loads(text)
+    if not isinstance(facts, dict):
+        raise ValueError(f"{FACTS_FILE} must hold a JSON object")
+    return facts
+
+
+def _row(key: str, data: dict[str, Any], sources: dict[str, Any]) -> PaperRow:
+    known = set(PaperRow.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{FACTS_FILE}: method {key!r} has unknown fields {unknown}")
+    row = PaperRow(**data)
+    if row.source not in sources:
+        raise ValueError(f"{FACTS_FILE}: method {key!r} names source {row.source!r}, not one of {sorted(sources)}")
+    if row.per_site_acc is not None:
+        row = PaperRow(**{**data, "per_site_acc": tuple(float(v) for v in row.per_site_acc)})
+    return row
+
+
+_FACTS = load_facts()
+_ISIC = _FACTS["isic2019"]
+
+CITATION: str = _FACTS["citation"]["short"]
+SETTING: str = _FACTS["setting"]
+SOURCES: dict[str, str] = dict(_FACTS["sources"])
+# The reference's ISIC2019 domain order; C1..C6 in the paper's table presumably follow it (not verified).
+SITE_ORDER: tuple[str, ...] = tuple(_ISIC["site_order"])
+
 # Our method keys → the paper's rows. FedCLIP and local-only appear only in the reference figures.
-ISIC2019: dict[str, PaperRow] = {
-    "zero_shot": PaperRow(
-        "CLIP zero-shot", (31.95, 23.98, 24.31, 17.71, 20.12, 33.47), 17.17, 24.1, macro_f1=8.0, source="notes+fig"
-    ),
-    "local_head": PaperRow("local only", macro_f1=38.0, source="fig"),
-    "fedclip": PaperRow("FedCLIP", macro_f1=50.0, source="fig"),
-    "fedavg": PaperRow(
-        "FedAvg",
-        (78.35, 60.47, 76.39, 58.33, 75.00, 71.77),
-        84.54,
-        72.12,
-        macro_f1=51.0,
-        compute_min=95.58,
-        communication_gb=7.569,
-        source="notes+fig",
-    ),
-    "fedmedclip": PaperRow(
-        "FedMedCLIP",
-        (84.45, 71.92, 82.69, 84.31, 79.00, 79.40),
-        81.01,
-        80.4,
-        macro_f1=64.5,
-        compute_min=68.56,
-        communication_gb=0.063,
-        source="notes+fig",
-    ),
-}
+ISIC2019: dict[str, PaperRow] = {key: _row(key, value, SOURCES) for key, value in _ISIC["methods"].items()}
 
 # Ablation (ISIC2019 average accuracy, notes), keyed by (contrastive, head CE, KD, aggregation).
 ABLATIONS: dict[tuple[bool, bool, bool, bool], tuple[str, float]] = {
-    (True, False, False, True): ("contrastive only + aggregation", 71.94),
-    (True, True, False, True): ("contrastive + head CE + aggregation", 78.44),
-    (False, True, False, False): ("head CE only, no aggregation", 67.77),
-    (True, True, True, False): ("all losses, no aggregation", 70.41),
-    (True, True, True, True): ("all losses + aggregation", 80.4),
+    (bool(a["contrastive"]), bool(a["head_ce"]), bool(a["kd"]), bool(a["aggregate"])): (a["label"], float(a["avg_acc"]))
+    for a in _ISIC["ablations"]
 }
 
 

@@ -14,29 +14,29 @@ import hashlib
 import math
 import zlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from fedmedclip.federation import payload as framing
+from fedmedclip.federation.codec_config import CodecConfig, Compression, Quantization
 from fedmedclip.federation.errors import CorruptUpdate
 from fedmedclip.federation.sparse import SparseTensor, SparseUpdate
 
 __all__ = [
     "CodecConfig",
     "CodecStats",
+    "Compression",
     "EncodedUpdate",
+    "Quantization",
     "SparseTensor",
     "SparseUpdate",
     "decode_update",
     "encode_dense_reference",
     "encode_update",
 ]
-
-Quantization = Literal["int8", "fp16", "fp32"]
-Compression = Literal["zstd", "zlib", "none"]
 
 DEFAULT_MAX_DECOMPRESSED_BYTES = 64 << 20  # dense fp32 FAM for D=512 is ~2 MiB; D=1024 ~8 MiB
 _FP16_MAX = float(torch.finfo(torch.float16).max)
@@ -49,32 +49,6 @@ _ENCODINGS: dict[str, dict[str, str]] = {  # encoding -> part -> wire dtype
     "dense-fp16": {"values": "float16"},
     "dense-fp32": {"values": "float32"},
 }
-
-
-@dataclass(frozen=True)
-class CodecConfig:
-    rho: float = 0.2  # fraction of each matrix's rows that may be sent per round
-    quantization: Quantization = "int8"
-    compression: Compression = "zstd"
-
-    def __post_init__(self) -> None:
-        rho = self.rho
-        if isinstance(rho, bool) or not isinstance(rho, int | float) or not (0.0 < rho <= 1.0):
-            raise ValueError(f"codec rho must be a number in (0, 1], got {rho!r}")
-        if self.quantization not in ("int8", "fp16", "fp32"):
-            raise ValueError(f"codec quantization must be 'int8', 'fp16' or 'fp32', got {self.quantization!r}")
-        if self.compression not in framing.COMPRESSIONS:
-            raise ValueError(f"codec compression must be 'zstd', 'zlib' or 'none', got {self.compression!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CodecConfig:
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown codec settings: {', '.join(unknown)}")
-        return cls(**data)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """A run's configuration: what the aggregator fixes for a run and hands to every site on Join.
 
 Plain data with validation and a JSON form (the aggregator stores it as JSON); ``serde`` converts it to and
-from ``fedmedclip.rpc.v1.RunConfig``. It names the backbone by ``BackboneRef`` rather than
+from ``fedmedclip.rpc.v1.RunConfig``. A run file takes one path: YAML text → ``run_config_from_yaml`` →
+``RunConfig`` → ``serde.run_config_to_proto`` (docs/design.md §9). It names the backbone by ``BackboneRef`` rather than
 ``BackboneSpec`` because importing the backbone module loads open_clip, which the aggregator never needs.
 """
 
@@ -141,6 +142,40 @@ class RunConfig:
             return cls(**values)
         except TypeError as exc:  # a nested value of the wrong kind
             raise ValueError(f"invalid run config: {exc}") from exc
+
+
+def run_config_from_yaml(
+    text: str,
+    overrides: Mapping[str, Any] | None = None,
+    backbone_overrides: Mapping[str, Any] | None = None,
+    source: str = "run config",
+) -> RunConfig:
+    """A ``RunConfig`` from a YAML (or JSON) run file's text, with command-line values laid over it.
+
+    ``overrides`` set top-level fields and ``backbone_overrides`` fields of ``backbone``; ``None`` values
+    are ignored. Raises ``ValueError`` naming ``source`` and the problem.
+    """
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"cannot read {source}: {exc}") from exc
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{source} must be a mapping of RunConfig fields")
+    data = dict(loaded)
+    data.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    if backbone_overrides:
+        backbone = data.get("backbone") or {}
+        if not isinstance(backbone, Mapping):
+            raise ValueError(f"{source}: backbone must be a mapping of backbone fields")
+        data["backbone"] = {**backbone, **backbone_overrides}
+    try:
+        return RunConfig.from_dict(data)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def _is_int(value: object) -> bool:

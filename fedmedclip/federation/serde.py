@@ -1,4 +1,7 @@
-"""Conversions between library settings and their protobuf messages: the only module that imports them.
+"""Conversions between the protocol's plain values and their protobuf messages: the only module of the
+core library that imports them (docs/design.md §2). Settings live in their own modules (``RunConfig``,
+``TrainConfig``, ``CodecConfig``), every request, reply and record in ``messages``; each has a
+``*_to_proto`` and a ``*_from_proto`` here, listed in ``CONVERTERS``.
 
 Settings messages mark fields ``optional``; a field the sender did not set takes the library default, so a
 peer built against an older minor protocol version stays compatible. Enum values this build does not know
@@ -7,16 +10,22 @@ peer built against an older minor protocol version stays compatible. Enum values
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+import enum
+import re
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf import duration_pb2
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.timestamp_pb2 import Timestamp
 
+from fedmedclip.federation import messages as m
 from fedmedclip.federation.aggregate import Weighting
 from fedmedclip.federation.codec import CodecConfig, Compression, Quantization
+from fedmedclip.federation.messages import SiteActivity
 from fedmedclip.federation.run_config import BackboneRef, LatePolicy, RunConfig
+from fedmedclip.rpc.v1 import admin_pb2 as admin_pb
 from fedmedclip.rpc.v1 import common_pb2 as pb
 from fedmedclip.rpc.v1 import federation_pb2 as fed_pb
 from fedmedclip.training.config import Contrastive, TrainConfig
@@ -220,171 +229,629 @@ def run_config_from_proto(message: pb.RunConfig) -> RunConfig:
     )
 
 
-# --- the site's side of the Federation service (the hospital agent) -----------------------------------
-#
-# Plain dataclasses for what a site sends and receives, so that agent code never touches protobuf messages.
+def run_config_to_json(config: RunConfig) -> dict[str, Any]:
+    """The run config in protobuf's JSON mapping (what export manifests and ``runs status --json`` show)."""
+    return dict(MessageToDict(run_config_to_proto(config), preserving_proto_field_name=True))
 
-SiteActivity = Literal["idle", "embedding", "training", "uploading"]
+
+# --- times and enums ----------------------------------------------------------------------------------
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _set_time(target: Timestamp, value: datetime | None) -> None:
+    if value is not None:
+        target.CopyFrom(_timestamp(value))
+
+
+def _time(message: Any, name: str) -> datetime | None:
+    """A Timestamp field as an aware UTC datetime; ``None`` when unset."""
+    return message.__getattribute__(name).ToDatetime(tzinfo=UTC) if message.HasField(name) else None
+
+
+def _required_time(message: Any, name: str) -> datetime:
+    value = _time(message, name)
+    if value is None:
+        raise ValueError(f"{type(message).__name__}.{name} is missing")
+    return value
+
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _enum_to_proto(table: Mapping[_E, int], value: _E) -> Any:
+    return table[value]
+
+
+def _wire_enum_from_proto(table: Mapping[_E, int], value: int, what: str) -> _E:
+    for member, number in table.items():
+        if number == value:
+            return member
+    raise ValueError(f"unknown {what} value {value} (a newer protocol minor version?)")
+
+
 _ACTIVITY: dict[SiteActivity, int] = {
     "idle": fed_pb.SITE_ACTIVITY_IDLE,
     "embedding": fed_pb.SITE_ACTIVITY_EMBEDDING,
     "training": fed_pb.SITE_ACTIVITY_TRAINING,
     "uploading": fed_pb.SITE_ACTIVITY_UPLOADING,
 }
-MODEL_FORMAT_SAFETENSORS = "safetensors"
+_RUN_STATE: dict[m.RunState, int] = {
+    m.RunState.RUNNING: admin_pb.RUN_STATE_RUNNING,
+    m.RunState.COMPLETED: admin_pb.RUN_STATE_COMPLETED,
+    m.RunState.STOPPED: admin_pb.RUN_STATE_STOPPED,
+    m.RunState.FAILED: admin_pb.RUN_STATE_FAILED,
+}
+_ROUND_STATE: dict[m.RoundState, int] = {
+    m.RoundState.OPEN: admin_pb.ROUND_STATE_OPEN,
+    m.RoundState.AGGREGATING: admin_pb.ROUND_STATE_AGGREGATING,
+    m.RoundState.CLOSED: admin_pb.ROUND_STATE_CLOSED,
+    m.RoundState.ABANDONED: admin_pb.ROUND_STATE_ABANDONED,
+}
+_PARTICIPATION: dict[m.ParticipationState, int] = {
+    m.ParticipationState.ACCEPTED: admin_pb.PARTICIPATION_STATE_ACCEPTED,
+    m.ParticipationState.REJECTED: admin_pb.PARTICIPATION_STATE_REJECTED,
+    m.ParticipationState.MISSING: admin_pb.PARTICIPATION_STATE_MISSING,
+}
 
 
-@dataclass(frozen=True)
-class JoinReply:
-    site: str  # the site's enrolled name, derived from its token
-    run_id: str  # "" while no run is active
-    run_config: RunConfig | None
-    protocol: tuple[int, int]  # the aggregator's wire-protocol version
+def _model_format_to_proto(name: str) -> Any:
+    if name == m.MODEL_FORMAT_SAFETENSORS:
+        return pb.MODEL_FORMAT_SAFETENSORS
+    unknown = re.fullmatch(r"unknown\((\d+)\)", name)
+    if unknown is None:
+        raise ValueError(f"unknown model format {name!r}")
+    return int(unknown.group(1))
 
 
-@dataclass(frozen=True)
-class TrainTask:
-    round: int  # 1-based
-    fam_version: int  # the version to train from; the update's base_version
-    deadline: datetime | None  # UTC
+def _model_format_from_proto(value: int) -> str:
+    return m.MODEL_FORMAT_SAFETENSORS if value == pb.MODEL_FORMAT_SAFETENSORS else f"unknown({int(value)})"
 
 
-@dataclass(frozen=True)
-class WaitTask:
-    retry_after_s: float
+# --- shared messages ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DoneTask:
-    final_version: int  # 0 when the run ended before producing a version
-    reason: str
+def site_info_to_proto(info: m.SiteInfo) -> pb.SiteInfo:
+    return pb.SiteInfo(platform=info.platform, torch_version=info.torch_version, device=info.device)
 
 
-SiteTask = TrainTask | WaitTask | DoneTask
+def site_info_from_proto(message: pb.SiteInfo) -> m.SiteInfo:
+    return m.SiteInfo(message.platform, message.torch_version, message.device)
 
 
-@dataclass(frozen=True)
-class ModelHeader:
-    version: int
-    sha256: str
-    total_bytes: int
-    format: str  # MODEL_FORMAT_SAFETENSORS, or "unknown(N)" for a format this build cannot read
-
-
-@dataclass(frozen=True)
-class UpdateHeader:
-    """What a site announces before its payload; ``metrics`` are aggregate numbers only, never per sample."""
-
-    run_id: str
-    round: int
-    base_version: int
-    num_samples: int
-    metrics: Mapping[str, float]
-    codec: CodecConfig
-    sha256: str
-    total_bytes: int
-    site: str = ""  # optional self-check; the aggregator takes the identity from the token
-
-
-@dataclass(frozen=True)
-class SubmitReply:
-    accepted: bool
-    duplicate: bool
-    message: str
-
-
-@dataclass(frozen=True)
-class HeartbeatReply:
-    server_time: datetime | None
-    abandon_round: bool
-
-
-def join_request_to_proto(
-    protocol: tuple[int, int], software_version: str, *, platform: str = "", torch_version: str = "", device: str = ""
-) -> fed_pb.JoinRequest:
-    return fed_pb.JoinRequest(
-        protocol_major=protocol[0],
-        protocol_minor=protocol[1],
-        software_version=software_version,
-        site_info=pb.SiteInfo(platform=platform, torch_version=torch_version, device=device),
+def model_header_to_proto(header: m.ModelHeader) -> pb.ModelHeader:
+    return pb.ModelHeader(
+        version=header.version,
+        sha256=header.sha256,
+        total_bytes=header.total_bytes,
+        format=_model_format_to_proto(header.format),
     )
 
 
-def join_response_from_proto(message: fed_pb.JoinResponse) -> JoinReply:
-    """Raises ``ValueError`` when the run config cannot run (see ``run_config_from_proto``)."""
-    config = run_config_from_proto(message.run_config) if message.run_id and message.HasField("run_config") else None
-    if message.run_id and config is None:
-        raise ValueError(f"the aggregator named run {message.run_id} without its run config")
-    return JoinReply(message.site, message.run_id, config, (message.protocol_major, message.protocol_minor))
+def model_header_from_proto(message: pb.ModelHeader) -> m.ModelHeader:
+    return m.ModelHeader(message.version, message.sha256, message.total_bytes, _model_format_from_proto(message.format))
 
 
-def poll_request_to_proto(run_id: str, wait_seconds: int) -> fed_pb.PollTaskRequest:
-    return fed_pb.PollTaskRequest(run_id=run_id, wait_seconds=max(0, int(wait_seconds)))
+def model_chunks_to_proto(header: m.ModelHeader, data: bytes, chunk_bytes: int) -> Iterator[pb.ModelChunk]:
+    """A model download stream: the header, then the data in slices of at most ``chunk_bytes``."""
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
+    yield pb.ModelChunk(header=model_header_to_proto(header))
+    view = memoryview(data)
+    for start in range(0, len(data), chunk_bytes):
+        yield pb.ModelChunk(data=bytes(view[start : start + chunk_bytes]))
 
 
-def task_from_proto(message: fed_pb.Task) -> SiteTask:
-    kind = message.WhichOneof("kind")
-    if kind == "train":
-        train = message.train
-        deadline = train.deadline.ToDatetime(tzinfo=UTC) if train.HasField("deadline") else None
-        return TrainTask(train.round, train.fam_version, deadline)
-    if kind == "wait":
-        return WaitTask(max(0.0, message.wait.retry_after_seconds))
-    if kind == "done":
-        return DoneTask(message.done.final_version, message.done.reason)
-    raise ValueError("the aggregator sent an empty task (a newer protocol minor version?)")
-
-
-def get_model_request_to_proto(version: int) -> fed_pb.GetModelRequest:
-    return fed_pb.GetModelRequest(version=version)
-
-
-def model_chunk_from_proto(message: pb.ModelChunk) -> ModelHeader | bytes:
+def model_chunk_from_proto(message: pb.ModelChunk) -> m.ModelHeader | bytes:
     """A transfer's header, or the next slice of its data bytes."""
     kind = message.WhichOneof("kind")
     if kind == "header":
-        header = message.header
-        known = header.format == pb.MODEL_FORMAT_SAFETENSORS
-        return ModelHeader(
-            header.version,
-            header.sha256,
-            header.total_bytes,
-            MODEL_FORMAT_SAFETENSORS if known else f"unknown({int(header.format)})",
-        )
+        return model_header_from_proto(message.header)
     if kind == "data":
         return bytes(message.data)
     raise ValueError("empty model chunk")
 
 
-def update_chunks_to_proto(header: UpdateHeader, payload: bytes, chunk_bytes: int) -> Iterator[fed_pb.UpdateChunk]:
+# --- Federation service -------------------------------------------------------------------------------
+
+
+def join_request_to_proto(request: m.JoinRequest) -> fed_pb.JoinRequest:
+    return fed_pb.JoinRequest(
+        protocol_major=request.protocol[0],
+        protocol_minor=request.protocol[1],
+        software_version=request.software_version,
+        site_info=site_info_to_proto(request.site_info),
+    )
+
+
+def join_request_from_proto(message: fed_pb.JoinRequest) -> m.JoinRequest:
+    return m.JoinRequest(
+        (message.protocol_major, message.protocol_minor),
+        message.software_version,
+        site_info_from_proto(message.site_info),
+    )
+
+
+def join_reply_to_proto(reply: m.JoinReply) -> fed_pb.JoinResponse:
+    message = fed_pb.JoinResponse(
+        site=reply.site, run_id=reply.run_id, protocol_major=reply.protocol[0], protocol_minor=reply.protocol[1]
+    )
+    if reply.run_config is not None:
+        message.run_config.CopyFrom(run_config_to_proto(reply.run_config))
+    return message
+
+
+def join_reply_from_proto(message: fed_pb.JoinResponse) -> m.JoinReply:
+    """Raises ``ValueError`` when the run config cannot run (see ``run_config_from_proto``)."""
+    config = run_config_from_proto(message.run_config) if message.run_id and message.HasField("run_config") else None
+    if message.run_id and config is None:
+        raise ValueError(f"the aggregator named run {message.run_id} without its run config")
+    return m.JoinReply(message.site, message.run_id, config, (message.protocol_major, message.protocol_minor))
+
+
+def poll_request_to_proto(request: m.PollTaskRequest) -> fed_pb.PollTaskRequest:
+    return fed_pb.PollTaskRequest(run_id=request.run_id, wait_seconds=max(0, int(request.wait_seconds)))
+
+
+def poll_request_from_proto(message: fed_pb.PollTaskRequest) -> m.PollTaskRequest:
+    return m.PollTaskRequest(message.run_id, message.wait_seconds)
+
+
+def task_to_proto(task: m.SiteTask) -> fed_pb.Task:
+    if isinstance(task, m.TrainTask):
+        train = fed_pb.TrainTask(round=task.round, fam_version=task.fam_version)
+        _set_time(train.deadline, task.deadline)
+        return fed_pb.Task(train=train)
+    if isinstance(task, m.DoneTask):
+        return fed_pb.Task(done=fed_pb.DoneTask(final_version=task.final_version, reason=task.reason))
+    return fed_pb.Task(wait=fed_pb.WaitTask(retry_after_seconds=task.retry_after_s))
+
+
+def task_from_proto(message: fed_pb.Task) -> m.SiteTask:
+    kind = message.WhichOneof("kind")
+    if kind == "train":
+        return m.TrainTask(message.train.round, message.train.fam_version, _time(message.train, "deadline"))
+    if kind == "wait":
+        return m.WaitTask(max(0.0, message.wait.retry_after_seconds))
+    if kind == "done":
+        return m.DoneTask(message.done.final_version, message.done.reason)
+    raise ValueError("the aggregator sent an empty task (a newer protocol minor version?)")
+
+
+def get_model_request_to_proto(request: m.GetModelRequest) -> fed_pb.GetModelRequest:
+    return fed_pb.GetModelRequest(version=request.version)
+
+
+def get_model_request_from_proto(message: fed_pb.GetModelRequest) -> m.GetModelRequest:
+    return m.GetModelRequest(message.version)
+
+
+def update_header_to_proto(header: m.UpdateHeader) -> fed_pb.UpdateHeader:
+    message = fed_pb.UpdateHeader(
+        run_id=header.run_id,
+        round=header.round,
+        base_version=header.base_version,
+        num_samples=header.num_samples,
+        metrics={str(k): float(v) for k, v in header.metrics.items()},
+        sha256=header.sha256,
+        total_bytes=header.total_bytes,
+        site=header.site,
+    )
+    if header.codec is not None:
+        message.codec.CopyFrom(codec_config_to_proto(header.codec))
+    return message
+
+
+def update_header_from_proto(message: fed_pb.UpdateHeader) -> m.UpdateHeader:
+    """Raises ``ValueError`` (prefixed "header codec:") for a codec this build cannot read."""
+    try:
+        codec = codec_config_from_proto(message.codec) if message.HasField("codec") else None
+    except ValueError as exc:
+        raise ValueError(f"header codec: {exc}") from exc
+    return m.UpdateHeader(
+        run_id=message.run_id,
+        round=message.round,
+        base_version=message.base_version,
+        num_samples=message.num_samples,
+        metrics=dict(message.metrics),
+        codec=codec,
+        sha256=message.sha256,
+        total_bytes=message.total_bytes,
+        site=message.site,
+    )
+
+
+def update_chunks_to_proto(header: m.UpdateHeader, payload: bytes, chunk_bytes: int) -> Iterator[fed_pb.UpdateChunk]:
     """The SubmitUpdate stream: the header, then the payload in slices of at most ``chunk_bytes``."""
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
-    yield fed_pb.UpdateChunk(
-        header=fed_pb.UpdateHeader(
-            run_id=header.run_id,
-            round=header.round,
-            base_version=header.base_version,
-            num_samples=header.num_samples,
-            metrics={str(k): float(v) for k, v in header.metrics.items()},
-            codec=codec_config_to_proto(header.codec),
-            sha256=header.sha256,
-            total_bytes=header.total_bytes,
-            site=header.site,
-        )
-    )
+    yield fed_pb.UpdateChunk(header=update_header_to_proto(header))
     for start in range(0, len(payload), chunk_bytes):
         yield fed_pb.UpdateChunk(data=payload[start : start + chunk_bytes])
 
 
-def submit_response_from_proto(message: fed_pb.SubmitUpdateResponse) -> SubmitReply:
-    return SubmitReply(message.accepted, message.duplicate, message.message)
+def update_chunk_kind(message: fed_pb.UpdateChunk) -> str | None:
+    """``"header"``, ``"data"`` or ``None`` (an empty chunk)."""
+    return message.WhichOneof("kind")
 
 
-def heartbeat_request_to_proto(run_id: str, activity: SiteActivity, round_number: int) -> fed_pb.HeartbeatRequest:
-    return fed_pb.HeartbeatRequest(run_id=run_id, activity=_ACTIVITY[activity], round=max(0, round_number))  # type: ignore[arg-type]
+def update_chunk_data(message: fed_pb.UpdateChunk) -> bytes:
+    return bytes(message.data)
 
 
-def heartbeat_response_from_proto(message: fed_pb.HeartbeatResponse) -> HeartbeatReply:
-    stamp = message.server_time.ToDatetime(tzinfo=UTC) if message.HasField("server_time") else None
-    return HeartbeatReply(stamp, message.abandon_round)
+def submit_reply_to_proto(reply: m.SubmitReply) -> fed_pb.SubmitUpdateResponse:
+    return fed_pb.SubmitUpdateResponse(accepted=reply.accepted, duplicate=reply.duplicate, message=reply.message)
+
+
+def submit_reply_from_proto(message: fed_pb.SubmitUpdateResponse) -> m.SubmitReply:
+    return m.SubmitReply(message.accepted, message.duplicate, message.message)
+
+
+def heartbeat_request_to_proto(request: m.HeartbeatRequest) -> fed_pb.HeartbeatRequest:
+    return fed_pb.HeartbeatRequest(
+        run_id=request.run_id,
+        activity=_ACTIVITY[request.activity],  # type: ignore[arg-type]
+        round=max(0, request.round),
+    )
+
+
+def heartbeat_request_from_proto(message: fed_pb.HeartbeatRequest) -> m.HeartbeatRequest:
+    # The activity is informational: an unknown value (a newer site) reads as "idle" rather than failing.
+    activity: SiteActivity = next((name for name, num in _ACTIVITY.items() if num == message.activity), "idle")
+    return m.HeartbeatRequest(message.run_id, activity, message.round)
+
+
+def heartbeat_reply_to_proto(reply: m.HeartbeatReply) -> fed_pb.HeartbeatResponse:
+    message = fed_pb.HeartbeatResponse(abandon_round=reply.abandon_round)
+    _set_time(message.server_time, reply.server_time)
+    return message
+
+
+def heartbeat_reply_from_proto(message: fed_pb.HeartbeatResponse) -> m.HeartbeatReply:
+    return m.HeartbeatReply(_time(message, "server_time"), message.abandon_round)
+
+
+# --- Admin service ------------------------------------------------------------------------------------
+
+
+def start_run_request_to_proto(request: m.StartRunRequest) -> admin_pb.StartRunRequest:
+    return admin_pb.StartRunRequest(
+        config=run_config_to_proto(request.config), name=request.name, initial_version=request.initial_version
+    )
+
+
+def start_run_request_from_proto(message: admin_pb.StartRunRequest) -> m.StartRunRequest:
+    """Raises ``ValueError`` naming what is wrong with the run config."""
+    return m.StartRunRequest(run_config_from_proto(message.config), message.name, message.initial_version)
+
+
+def start_run_reply_to_proto(reply: m.StartRunReply) -> admin_pb.StartRunResponse:
+    return admin_pb.StartRunResponse(run_id=reply.run_id, initial_version=reply.initial_version)
+
+
+def start_run_reply_from_proto(message: admin_pb.StartRunResponse) -> m.StartRunReply:
+    return m.StartRunReply(message.run_id, message.initial_version)
+
+
+def stop_run_request_to_proto(request: m.StopRunRequest) -> admin_pb.StopRunRequest:
+    return admin_pb.StopRunRequest(run_id=request.run_id, reason=request.reason)
+
+
+def stop_run_request_from_proto(message: admin_pb.StopRunRequest) -> m.StopRunRequest:
+    return m.StopRunRequest(message.run_id, message.reason)
+
+
+def stop_run_reply_to_proto(reply: m.StopRunReply) -> admin_pb.StopRunResponse:
+    return admin_pb.StopRunResponse(state=_enum_to_proto(_RUN_STATE, reply.state))
+
+
+def stop_run_reply_from_proto(message: admin_pb.StopRunResponse) -> m.StopRunReply:
+    return m.StopRunReply(_wire_enum_from_proto(_RUN_STATE, message.state, "run state"))
+
+
+def list_runs_request_to_proto(_request: m.ListRunsRequest) -> admin_pb.ListRunsRequest:
+    return admin_pb.ListRunsRequest()
+
+
+def list_runs_request_from_proto(_message: admin_pb.ListRunsRequest) -> m.ListRunsRequest:
+    return m.ListRunsRequest()
+
+
+def get_run_status_request_to_proto(request: m.GetRunStatusRequest) -> admin_pb.GetRunStatusRequest:
+    return admin_pb.GetRunStatusRequest(run_id=request.run_id)
+
+
+def get_run_status_request_from_proto(message: admin_pb.GetRunStatusRequest) -> m.GetRunStatusRequest:
+    return m.GetRunStatusRequest(message.run_id)
+
+
+def participation_to_proto(part: m.SiteParticipation) -> admin_pb.SiteParticipation:
+    message = admin_pb.SiteParticipation(
+        site=part.site,
+        state=_enum_to_proto(_PARTICIPATION, part.state),
+        num_samples=part.num_samples,
+        payload_bytes=part.payload_bytes,
+        metrics=dict(part.metrics),
+        message=part.message,
+    )
+    _set_time(message.received_at, part.received_at)
+    return message
+
+
+def participation_from_proto(message: admin_pb.SiteParticipation) -> m.SiteParticipation:
+    return m.SiteParticipation(
+        site=message.site,
+        state=_wire_enum_from_proto(_PARTICIPATION, message.state, "participation state"),
+        num_samples=message.num_samples,
+        payload_bytes=message.payload_bytes,
+        received_at=_time(message, "received_at"),
+        metrics=dict(message.metrics),
+        message=message.message,
+    )
+
+
+def round_status_to_proto(status: m.RoundStatus) -> admin_pb.RoundStatus:
+    message = admin_pb.RoundStatus(
+        round=status.round,
+        state=_enum_to_proto(_ROUND_STATE, status.state),
+        opened_at=_timestamp(status.opened_at),
+        deadline=_timestamp(status.deadline),
+        input_version=status.input_version,
+        output_version=status.output_version,
+        participants=[participation_to_proto(p) for p in status.participants],
+        metrics=dict(status.metrics),
+    )
+    _set_time(message.closed_at, status.closed_at)
+    return message
+
+
+def round_status_from_proto(message: admin_pb.RoundStatus) -> m.RoundStatus:
+    return m.RoundStatus(
+        round=message.round,
+        state=_wire_enum_from_proto(_ROUND_STATE, message.state, "round state"),
+        opened_at=_required_time(message, "opened_at"),
+        deadline=_required_time(message, "deadline"),
+        closed_at=_time(message, "closed_at"),
+        input_version=message.input_version,
+        output_version=message.output_version,
+        participants=tuple(participation_from_proto(p) for p in message.participants),
+        metrics=dict(message.metrics),
+    )
+
+
+def run_status_to_proto(status: m.RunStatus) -> admin_pb.RunStatus:
+    message = admin_pb.RunStatus(
+        run_id=status.run_id,
+        name=status.name,
+        state=_enum_to_proto(_RUN_STATE, status.state),
+        config=run_config_to_proto(status.config),
+        current_round=status.current_round,
+        latest_version=status.latest_version,
+        created_at=_timestamp(status.created_at),
+        message=status.message,
+        rounds=[round_status_to_proto(r) for r in status.rounds],
+    )
+    _set_time(message.finished_at, status.finished_at)
+    return message
+
+
+def run_status_from_proto(message: admin_pb.RunStatus) -> m.RunStatus:
+    return m.RunStatus(
+        run_id=message.run_id,
+        name=message.name,
+        state=_wire_enum_from_proto(_RUN_STATE, message.state, "run state"),
+        config=run_config_from_proto(message.config),
+        current_round=message.current_round,
+        latest_version=message.latest_version,
+        created_at=_required_time(message, "created_at"),
+        finished_at=_time(message, "finished_at"),
+        message=message.message,
+        rounds=tuple(round_status_from_proto(r) for r in message.rounds),
+    )
+
+
+def run_status_to_json(status: m.RunStatus) -> dict[str, Any]:
+    """A run status in protobuf's JSON mapping (the stable form ``runs status --json`` prints)."""
+    return dict(MessageToDict(run_status_to_proto(status), preserving_proto_field_name=True))
+
+
+def list_runs_reply_to_proto(reply: m.ListRunsReply) -> admin_pb.ListRunsResponse:
+    return admin_pb.ListRunsResponse(runs=[run_status_to_proto(r) for r in reply.runs])
+
+
+def list_runs_reply_from_proto(message: admin_pb.ListRunsResponse) -> m.ListRunsReply:
+    return m.ListRunsReply(tuple(run_status_from_proto(r) for r in message.runs))
+
+
+def list_versions_request_to_proto(request: m.ListVersionsRequest) -> admin_pb.ListVersionsRequest:
+    return admin_pb.ListVersionsRequest(run_id=request.run_id)
+
+
+def list_versions_request_from_proto(message: admin_pb.ListVersionsRequest) -> m.ListVersionsRequest:
+    return m.ListVersionsRequest(message.run_id)
+
+
+def fam_version_to_proto(version: m.FamVersion) -> admin_pb.FamVersion:
+    return admin_pb.FamVersion(
+        version=version.version,
+        run_id=version.run_id,
+        round=version.round,
+        parent_version=version.parent_version,
+        sha256=version.sha256,
+        size_bytes=version.size_bytes,
+        format=_model_format_to_proto(version.format),
+        created_at=_timestamp(version.created_at),
+        contributions=[
+            admin_pb.VersionContribution(site=c.site, num_samples=c.num_samples, payload_bytes=c.payload_bytes)
+            for c in version.contributions
+        ],
+    )
+
+
+def fam_version_from_proto(message: admin_pb.FamVersion) -> m.FamVersion:
+    return m.FamVersion(
+        version=message.version,
+        run_id=message.run_id,
+        round=message.round,
+        parent_version=message.parent_version,
+        sha256=message.sha256,
+        size_bytes=message.size_bytes,
+        created_at=_required_time(message, "created_at"),
+        contributions=tuple(
+            m.VersionContribution(c.site, c.num_samples, c.payload_bytes) for c in message.contributions
+        ),
+        format=_model_format_from_proto(message.format),
+    )
+
+
+def list_versions_reply_to_proto(reply: m.ListVersionsReply) -> admin_pb.ListVersionsResponse:
+    return admin_pb.ListVersionsResponse(versions=[fam_version_to_proto(v) for v in reply.versions])
+
+
+def list_versions_reply_from_proto(message: admin_pb.ListVersionsResponse) -> m.ListVersionsReply:
+    return m.ListVersionsReply(tuple(fam_version_from_proto(v) for v in message.versions))
+
+
+def export_version_request_to_proto(request: m.ExportVersionRequest) -> admin_pb.ExportVersionRequest:
+    return admin_pb.ExportVersionRequest(version=request.version)
+
+
+def export_version_request_from_proto(message: admin_pb.ExportVersionRequest) -> m.ExportVersionRequest:
+    return m.ExportVersionRequest(message.version)
+
+
+def site_to_proto(site: m.Site) -> admin_pb.Site:
+    message = admin_pb.Site(
+        name=site.name,
+        description=site.description,
+        enabled=site.enabled,
+        enrolled_at=_timestamp(site.enrolled_at),
+        software_version=site.software_version,
+        site_info=site_info_to_proto(site.site_info),
+    )
+    _set_time(message.last_seen, site.last_seen)
+    return message
+
+
+def site_from_proto(message: admin_pb.Site) -> m.Site:
+    return m.Site(
+        name=message.name,
+        description=message.description,
+        enabled=message.enabled,
+        enrolled_at=_required_time(message, "enrolled_at"),
+        last_seen=_time(message, "last_seen"),
+        software_version=message.software_version,
+        site_info=site_info_from_proto(message.site_info),
+    )
+
+
+def enrol_site_request_to_proto(request: m.EnrolSiteRequest) -> admin_pb.EnrolSiteRequest:
+    return admin_pb.EnrolSiteRequest(site=request.site, description=request.description)
+
+
+def enrol_site_request_from_proto(message: admin_pb.EnrolSiteRequest) -> m.EnrolSiteRequest:
+    return m.EnrolSiteRequest(message.site, message.description)
+
+
+def enrol_site_reply_to_proto(reply: m.EnrolSiteReply) -> admin_pb.EnrolSiteResponse:
+    return admin_pb.EnrolSiteResponse(site=site_to_proto(reply.site), token=reply.token)
+
+
+def enrol_site_reply_from_proto(message: admin_pb.EnrolSiteResponse) -> m.EnrolSiteReply:
+    return m.EnrolSiteReply(site_from_proto(message.site), message.token)
+
+
+def list_sites_request_to_proto(_request: m.ListSitesRequest) -> admin_pb.ListSitesRequest:
+    return admin_pb.ListSitesRequest()
+
+
+def list_sites_request_from_proto(_message: admin_pb.ListSitesRequest) -> m.ListSitesRequest:
+    return m.ListSitesRequest()
+
+
+def list_sites_reply_to_proto(reply: m.ListSitesReply) -> admin_pb.ListSitesResponse:
+    return admin_pb.ListSitesResponse(sites=[site_to_proto(s) for s in reply.sites])
+
+
+def list_sites_reply_from_proto(message: admin_pb.ListSitesResponse) -> m.ListSitesReply:
+    return m.ListSitesReply(tuple(site_from_proto(s) for s in message.sites))
+
+
+def revoke_site_request_to_proto(request: m.RevokeSiteRequest) -> admin_pb.RevokeSiteRequest:
+    return admin_pb.RevokeSiteRequest(site=request.site, reason=request.reason)
+
+
+def revoke_site_request_from_proto(message: admin_pb.RevokeSiteRequest) -> m.RevokeSiteRequest:
+    return m.RevokeSiteRequest(message.site, message.reason)
+
+
+def revoke_site_reply_to_proto(reply: m.RevokeSiteReply) -> admin_pb.RevokeSiteResponse:
+    return admin_pb.RevokeSiteResponse(site=site_to_proto(reply.site))
+
+
+def revoke_site_reply_from_proto(message: admin_pb.RevokeSiteResponse) -> m.RevokeSiteReply:
+    return m.RevokeSiteReply(site_from_proto(message.site))
+
+
+# --- the table of pairs -------------------------------------------------------------------------------
+
+# Each message type and its (to_proto, from_proto, protobuf class); tests/federation/test_serde.py
+# round-trips every entry and checks that every dataclass of ``messages`` has one.
+CONVERTERS: dict[type, tuple[Callable[[Any], Any], Callable[[Any], Any], type]] = {
+    RunConfig: (run_config_to_proto, run_config_from_proto, pb.RunConfig),
+    CodecConfig: (codec_config_to_proto, codec_config_from_proto, pb.CodecConfig),
+    TrainConfig: (train_config_to_proto, train_config_from_proto, pb.TrainConfig),
+    BackboneRef: (backbone_ref_to_proto, backbone_ref_from_proto, pb.BackboneSpec),
+    m.SiteInfo: (site_info_to_proto, site_info_from_proto, pb.SiteInfo),
+    m.ModelHeader: (model_header_to_proto, model_header_from_proto, pb.ModelHeader),
+    m.JoinRequest: (join_request_to_proto, join_request_from_proto, fed_pb.JoinRequest),
+    m.JoinReply: (join_reply_to_proto, join_reply_from_proto, fed_pb.JoinResponse),
+    m.PollTaskRequest: (poll_request_to_proto, poll_request_from_proto, fed_pb.PollTaskRequest),
+    m.TrainTask: (task_to_proto, task_from_proto, fed_pb.Task),
+    m.WaitTask: (task_to_proto, task_from_proto, fed_pb.Task),
+    m.DoneTask: (task_to_proto, task_from_proto, fed_pb.Task),
+    m.GetModelRequest: (get_model_request_to_proto, get_model_request_from_proto, fed_pb.GetModelRequest),
+    m.UpdateHeader: (update_header_to_proto, update_header_from_proto, fed_pb.UpdateHeader),
+    m.SubmitReply: (submit_reply_to_proto, submit_reply_from_proto, fed_pb.SubmitUpdateResponse),
+    m.HeartbeatRequest: (heartbeat_request_to_proto, heartbeat_request_from_proto, fed_pb.HeartbeatRequest),
+    m.HeartbeatReply: (heartbeat_reply_to_proto, heartbeat_reply_from_proto, fed_pb.HeartbeatResponse),
+    m.StartRunRequest: (start_run_request_to_proto, start_run_request_from_proto, admin_pb.StartRunRequest),
+    m.StartRunReply: (start_run_reply_to_proto, start_run_reply_from_proto, admin_pb.StartRunResponse),
+    m.StopRunRequest: (stop_run_request_to_proto, stop_run_request_from_proto, admin_pb.StopRunRequest),
+    m.StopRunReply: (stop_run_reply_to_proto, stop_run_reply_from_proto, admin_pb.StopRunResponse),
+    m.ListRunsRequest: (list_runs_request_to_proto, list_runs_request_from_proto, admin_pb.ListRunsRequest),
+    m.ListRunsReply: (list_runs_reply_to_proto, list_runs_reply_from_proto, admin_pb.ListRunsResponse),
+    m.GetRunStatusRequest: (
+        get_run_status_request_to_proto,
+        get_run_status_request_from_proto,
+        admin_pb.GetRunStatusRequest,
+    ),
+    m.RunStatus: (run_status_to_proto, run_status_from_proto, admin_pb.RunStatus),
+    m.RoundStatus: (round_status_to_proto, round_status_from_proto, admin_pb.RoundStatus),
+    m.SiteParticipation: (participation_to_proto, participation_from_proto, admin_pb.SiteParticipation),
+    m.ListVersionsRequest: (
+        list_versions_request_to_proto,
+        list_versions_request_from_proto,
+        admin_pb.ListVersionsRequest,
+    ),
+    m.ListVersionsReply: (list_versions_reply_to_proto, list_versions_reply_from_proto, admin_pb.ListVersionsResponse),
+    m.FamVersion: (fam_version_to_proto, fam_version_from_proto, admin_pb.FamVersion),
+    m.ExportVersionRequest: (
+        export_version_request_to_proto,
+        export_version_request_from_proto,
+        admin_pb.ExportVersionRequest,
+    ),
+    m.Site: (site_to_proto, site_from_proto, admin_pb.Site),
+    m.EnrolSiteRequest: (enrol_site_request_to_proto, enrol_site_request_from_proto, admin_pb.EnrolSiteRequest),
+    m.EnrolSiteReply: (enrol_site_reply_to_proto, enrol_site_reply_from_proto, admin_pb.EnrolSiteResponse),
+    m.ListSitesRequest: (list_sites_request_to_proto, list_sites_request_from_proto, admin_pb.ListSitesRequest),
+    m.ListSitesReply: (list_sites_reply_to_proto, list_sites_reply_from_proto, admin_pb.ListSitesResponse),
+    m.RevokeSiteRequest: (revoke_site_request_to_proto, revoke_site_request_from_proto, admin_pb.RevokeSiteRequest),
+    m.RevokeSiteReply: (revoke_site_reply_to_proto, revoke_site_reply_from_proto, admin_pb.RevokeSiteResponse),
+}
+# Carried inside other messages only (their pairs are those of their containers).
+NESTED_ONLY = frozenset({m.VersionContribution})

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from fedmedclip.federation.codec import CodecConfig
+    from fedmedclip.federation.codec_config import CodecConfig
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from fedmedclip.federation.codec import CodecConfig
-from fedmedclip.federation.run_config import BackboneRef, RunConfig
+from fedmedclip.federation.run_config import BackboneRef, RunConfig, run_config_from_yaml
 from fedmedclip.federation.serde import run_config_from_proto, run_config_to_proto
 from fedmedclip.rpc.v1 import common_pb2
 from fedmedclip.training.config import TrainConfig
@@ -75,3 +75,29 @@ def test_from_dict_refuses_unknown_and_missing_keys() -> None:
         RunConfig.from_dict({"embed_dim": 8, "backbone": {"model": "x", "size": 1}})
     with pytest.raises(ValueError, match="unknown late policy value 9"):
         run_config_from_proto(common_pb2.RunConfig(embed_dim=8, rounds=1, min_sites=1, late_policy=9))  # type: ignore[arg-type]
+
+
+def test_one_path_from_yaml_text_to_the_wire() -> None:
+    """YAML text -> RunConfig (command-line values on top) -> proto -> the same RunConfig."""
+    text = "embed_dim: 32\nrounds: 4\nbackbone: {model: ViT-B-16}\ntrain: {batch_size: 16}\n"
+    config = run_config_from_yaml(text, {"rounds": 7, "min_sites": None}, {"weights": None}, source="run.yaml")
+    assert (config.embed_dim, config.rounds, config.min_sites) == (32, 7, 1)
+    assert (config.backbone.model, config.backbone.weights, config.train.batch_size) == ("ViT-B-16", None, 16)
+    assert run_config_from_proto(run_config_to_proto(config)) == config
+    assert run_config_from_yaml("", {"embed_dim": 8}) == RunConfig(embed_dim=8)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- a\n- b\n", "run.yaml must be a mapping"),
+        ("embed_dim: [", "cannot read run.yaml"),
+        ("rounds: 3\n", "needs embed_dim"),
+        ("embed_dim: 8\nround: 3\n", "unknown run settings: round"),
+        ("embed_dim: 8\nbackbone: vit\n", "backbone must be a mapping"),
+    ],
+)
+def test_bad_run_files_are_refused_by_name(text: str, message: str) -> None:
+    backbone = {"model": "RN50"} if "backbone" in text else None
+    with pytest.raises(ValueError, match=message):
+        run_config_from_yaml(text, backbone_overrides=backbone, source="run.yaml")

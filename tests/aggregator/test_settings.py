@@ -66,7 +66,7 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest
     assert (from_env.port, from_env.database_url) == (7100, "postgresql+psycopg://u@db/agg")
     assert AggregatorSettings.load(config, port=0, host=None).port == 0
     config.write_text("insecure_loopback: true\nno_such_setting: 1\n")
-    with pytest.raises(ValidationError, match="no_such_setting"):
+    with pytest.raises(ConfigError, match="no_such_setting: Extra inputs are not permitted"):
         AggregatorSettings.load(config)
     with pytest.raises(ConfigError, match="does not exist"):
         AggregatorSettings.load(tmp_path / "missing.yaml")

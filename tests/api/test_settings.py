@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from inference_api.cli import app as cli
 from inference_api.keys import KeyRing, generate_key, hash_key
-from inference_api.settings import ApiKeyConfig, load_settings
+from inference_api.settings import ApiKeyConfig, ConfigError, load_settings
 
 DIGEST = hash_key("fmc_example")
 
@@ -59,12 +58,12 @@ def test_yaml_file_with_environment_overriding_it(monkeypatch, tmp_path):
     ids=["no-keys", "plaintext-key", "bad-site", "typo", "half-tls"],
 )
 def test_insecure_or_mistyped_settings_are_refused(tmp_path, values, message):
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(ConfigError, match=message):
         load_settings(bundle_root=tmp_path, **values)
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.yaml")
 
 
@@ -85,17 +84,17 @@ def test_cli_hash_key_and_serve_refusals(tmp_path):
     assert runner.invoke(cli, ["hash-key", "--key", "abc"]).output.strip() == f"sha256: {hash_key('abc')}"
 
     refused = runner.invoke(cli, ["serve", "--port", "0"], env={"FEDMEDCLIP_API_BUNDLE_ROOT": str(tmp_path)})
-    assert refused.exit_code == 2 and "no API keys configured" in refused.output
+    assert refused.exit_code == 1 and "no API keys configured" in refused.output
     open_to_all = runner.invoke(
         cli,
         ["serve", "--host", "0.0.0.0", "--port", "0"],
         env={"FEDMEDCLIP_API_BUNDLE_ROOT": str(tmp_path), "FEDMEDCLIP_API_ALLOW_UNAUTHENTICATED": "true"},
     )
-    assert open_to_all.exit_code == 2 and "non-loopback" in open_to_all.output
+    assert open_to_all.exit_code == 1 and "non-loopback" in open_to_all.output
     keys = json.dumps([{"name": "a", "sha256": DIGEST, "sites": ["*"]}])
     plaintext = runner.invoke(
         cli,
         ["serve", "--host", "192.0.2.1", "--port", "0"],
         env={"FEDMEDCLIP_API_BUNDLE_ROOT": str(tmp_path), "FEDMEDCLIP_API_API_KEYS": keys},
     )
-    assert plaintext.exit_code == 2 and "refusing plain HTTP" in plaintext.output
+    assert plaintext.exit_code == 1 and "refusing plain HTTP" in plaintext.output

@@ -51,7 +51,19 @@ def test_demo_runs_the_federation_and_reports_every_site(tmp_path: Path):
     markdown = (out / "report.md").read_text()
     for plot in ("accuracy_per_round.png", "upload_per_round.png", "round_times.png"):
         assert (out / plot).read_bytes().startswith(b"\x89PNG") and f"]({plot})" in markdown
-    assert "ensemble" in result.stderr + result.stdout  # the results table
+    # The results table on stdout, a pipe here: plain columns with every header whole (no "zero-sh…").
+    header = next(line for line in result.stdout.splitlines() if line.startswith("site "))
+    assert [name.strip() for name in header.split("  ") if name.strip()] == [
+        "site",
+        "images",
+        "classes",
+        "zero-shot acc",
+        "head acc",
+        "ensemble acc",
+        "macro-F1",
+        "ECE",
+        "mean α",
+    ]
     # Every service stopped: a second run in the same folder starts cleanly.
     again = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -68,5 +80,6 @@ def test_demo_refuses_a_foreign_folder(tmp_path: Path):
         check=False,
     )
     assert result.returncode == 1
-    assert "not empty" in result.stdout + result.stderr
+    line = f"error: demo failed: {tmp_path} is not empty and is not an earlier demo's folder; choose another --out-dir"
+    assert line in result.stderr.splitlines(), result.stderr  # one unbroken line, whatever the terminal width
     assert (tmp_path / "precious.txt").read_text() == "keep"

@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from fedmedclip.experiment import paper
 from fedmedclip.experiment.config import parse_config
 from fedmedclip.experiment.runner import run_experiment
 from fedmedclip.federation.simulation import SimulationConfig, SiteTensors, run_federation
@@ -55,6 +56,9 @@ def test_synth_experiment_runs_every_method_and_ablation(tmp_path):
     assert written["paper"]["fedmedclip"]["avg_acc"] == 80.4
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "| FedMedCLIP |" in markdown and "Published figures" in markdown and "NOT measured here" in markdown
+    # The published figures come from fedmedclip/experiment/paper_facts.json, with the paper's citation.
+    assert "arXiv 2511.07929" in markdown
+    assert all(f"{value:.2f}" in markdown for value in paper.ISIC2019["fedmedclip"].per_site_acc or ())
     # Per-round history behind the plots, and the plots themselves embedded in results.md.
     assert all(len(curve) == 2 for curve in masked.val_per_site.values()) and set(masked.val_per_site) == {
         "site-1",

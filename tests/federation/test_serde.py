@@ -96,19 +96,39 @@ def test_unknown_enum_values_and_invalid_settings_are_refused() -> None:
         serde.backbone_spec_to_proto(BackboneSpec(seed=-1))
 
 
-def test_protobuf_types_do_not_leak_past_serde() -> None:
-    """DESIGN.md §2: inside the core library only serde.py (and the generated code) imports fedmedclip.rpc."""
+# The only modules that may import protobuf code: serde, the generated code, and the gRPC transports (the
+# aggregator's servicers, the Admin client, the agent's client, the container's health probe).
+PROTOBUF_ALLOWED = {
+    "fedmedclip/federation/serde.py",
+    "aggregator_service/transport.py",
+    "aggregator_service/admin_client.py",
+    "hospital_agent/client.py",
+    "deploy/docker/healthcheck.py",
+}
+REPO_ROOT = PACKAGE_ROOT.parent
+CHECKED = ("fedmedclip", "aggregator_service", "hospital_agent", "inference_api", "bench", "scripts", "deploy")
+
+
+def _imports_protobuf(name: str) -> bool:
+    return (
+        name == "fedmedclip.rpc"
+        or name.startswith(("fedmedclip.rpc.", "google.protobuf"))
+        or name.rsplit(".", 1)[-1].endswith(("_pb2", "_pb2_grpc"))
+    )
+
+
+def test_protobuf_types_do_not_leak_past_serde_and_the_transports() -> None:
+    """docs/design.md §2: protobuf types stay in serde.py, the generated code and the gRPC transports."""
     offenders = []
-    for path in PACKAGE_ROOT.rglob("*.py"):
-        relative = path.relative_to(PACKAGE_ROOT.parent).as_posix()
-        if relative.startswith("fedmedclip/rpc/") or relative == "fedmedclip/federation/serde.py":
-            continue
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            if any(
-                name == "fedmedclip.rpc" or name.startswith(("fedmedclip.rpc.", "google.protobuf")) for name in names
-            ):
-                offenders.append(relative)
-    assert not offenders, f"modules importing protobuf code outside serde.py: {sorted(set(offenders))}"
+    for top in CHECKED:
+        for path in (REPO_ROOT / top).rglob("*.py"):
+            relative = path.relative_to(REPO_ROOT).as_posix()
+            if relative.startswith("fedmedclip/rpc/") or relative in PROTOBUF_ALLOWED:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                if any(_imports_protobuf(name) for name in names):
+                    offenders.append(relative)
+    assert not offenders, f"modules importing protobuf code outside serde and the transports: {sorted(set(offenders))}"

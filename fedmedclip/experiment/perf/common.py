@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from fedmedclip.atomic_files import write_atomic
 from fedmedclip.data.imagefolder import scan_imagefolder
 from fedmedclip.data.synth import SynthConfig, SynthSummary, generate, read_summary
 from fedmedclip.model.backbone import Backbone, BackboneSpec, load_backbone
@@ -116,9 +117,7 @@ def median(values: list[float]) -> float:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(clean_json(data), indent=2, allow_nan=False) + "\n")
-    temporary.replace(path)
+    write_atomic(path, (json.dumps(clean_json(data), indent=2, allow_nan=False) + "\n").encode())
 
 
 def clean_json(value: Any) -> Any:

@@ -1,7 +1,8 @@
-"""The Federation service's logic (what sites call) and credentials, as plain functions: no gRPC, no
-protobuf, no SQL. The Admin service's logic is in ``admin``, the round life in ``rounds``.
+"""The Federation service's logic (what sites call) as plain functions: no gRPC, no protobuf, no SQL.
+They take and return ``fedmedclip.federation.messages`` values. The Admin service's logic is in
+``admin_handlers``, credentials in ``auth``, the audit log in ``audit``, the round life in ``rounds``.
 
-The servicer turns a call into one of these functions' arguments and maps a raised ``ServiceError`` to a
+The transport turns a call into one of these functions' arguments and maps a raised ``ServiceError`` to a
 status code. Each function checks what it can before touching the store and leaves the authoritative
 state checks to the store's transaction (a round may close between the two).
 """
@@ -13,22 +14,12 @@ import math
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import asdict, dataclass, replace
 
-from aggregator_service import auth
 from aggregator_service.context import Services
-from aggregator_service.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    ServiceError,
-    Unauthenticated,
-)
+from aggregator_service.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from aggregator_service.logs import event
 from aggregator_service.store.base import (
-    AuditEntry,
     NewUpdate,
     RoundRecord,
     RoundState,
@@ -39,168 +30,50 @@ from aggregator_service.store.base import (
 )
 from fedmedclip import PROTOCOL_VERSION
 from fedmedclip.federation.aggregate import SiteUpdate, validate_update
-from fedmedclip.federation.codec import CodecConfig, decode_update
+from fedmedclip.federation.codec import decode_update
 from fedmedclip.federation.errors import CorruptUpdate, UpdateRejected
 from fedmedclip.federation.fam_bytes import SAFETENSORS, sha256_hex
+from fedmedclip.federation.messages import (
+    DoneTask,
+    HeartbeatReply,
+    HeartbeatRequest,
+    JoinReply,
+    JoinRequest,
+    ModelHeader,
+    PollTaskRequest,
+    SiteTask,
+    SubmitReply,
+    TrainTask,
+    UpdateHeader,
+    WaitTask,
+)
 from fedmedclip.federation.run_config import RunConfig
 from fedmedclip.model.fam import fam_shapes
 
 log = logging.getLogger("aggregator_service")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-ADMIN = "admin"
-
-
-# --- results ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrainTask:
-    round: int
-    fam_version: int
-    deadline: datetime
-
-
-@dataclass(frozen=True)
-class WaitTask:
-    retry_after_s: float
-
-
-@dataclass(frozen=True)
-class DoneTask:
-    final_version: int
-    reason: str
-
-
-Task = TrainTask | WaitTask | DoneTask
-
-
-@dataclass(frozen=True)
-class JoinResult:
-    site: str
-    run_id: str  # "" when no run is active
-    config: RunConfig | None
-    protocol: tuple[int, int] = PROTOCOL_VERSION
 
 
 @dataclass(frozen=True)
 class ModelBlob:
+    """A FAM version's bytes with what its download header announces."""
+
     version: int
     sha256: str
     data: bytes
     format: str = SAFETENSORS
 
-
-@dataclass(frozen=True)
-class UpdateHeader:
-    """The first message of a submission, as plain values."""
-
-    run_id: str
-    round: int
-    base_version: int
-    num_samples: int
-    metrics: Mapping[str, float]
-    codec: CodecConfig | None  # None: the sender did not say (the payload still records it)
-    sha256: str
-    total_bytes: int
-    claimed_site: str = ""  # optional; must equal the token's site
-
-
-@dataclass(frozen=True)
-class SubmitResult:
-    accepted: bool
-    duplicate: bool
-    message: str
-
-
-@dataclass(frozen=True)
-class HeartbeatResult:
-    server_time: datetime
-    abandon_round: bool
-
-
-# --- credentials --------------------------------------------------------------------------------------
-
-
-def authenticate_site(svc: Services, token: str) -> SiteRecord:
-    """The enabled site the token belongs to; the admin token is not a site.
-
-    The lookup is by the token's SHA-256, so its timing says nothing about the token itself.
-    """
-    site = svc.store.site_by_token_hash(auth.hash_token(token))
-    if site is None:
-        if auth.same_secret(token, svc.admin_token):
-            raise PermissionDenied("the admin credential cannot act as a site; use a site token")
-        raise Unauthenticated("unknown site token")
-    if not site.enabled:
-        raise Unauthenticated(f"the token of site {site.name!r} was revoked")
-    return site
-
-
-def authenticate_admin(svc: Services, token: str) -> None:
-    if auth.same_secret(token, svc.admin_token):
-        return
-    if svc.store.site_by_token_hash(auth.hash_token(token)) is not None:
-        raise PermissionDenied("site credentials cannot call Admin RPCs")
-    raise Unauthenticated("unknown admin credential")
-
-
-def record_refusal(
-    svc: Services,
-    action: str,
-    actor: str,
-    error: ServiceError,
-    run_id: str | None = None,
-    round_number: int | None = None,
-    site: str | None = None,
-) -> None:
-    """Put a refused request in the audit log (and the service log)."""
-    event(
-        log,
-        "request refused",
-        logging.WARNING,
-        action=action,
-        actor=actor,
-        code=error.code,
-        run=run_id,
-        round=round_number,
-        site=site,
-        detail=error.message,
-    )
-    try:
-        svc.store.add_audit(
-            AuditEntry(
-                at=svc.clock(),
-                actor=actor,
-                action=action,
-                outcome="refused",
-                code=error.code,
-                detail=error.message[:2000],
-                run_id=run_id,
-                round=round_number,
-                site=site,
-            )
-        )
-    except Exception:  # the refusal stands even if it cannot be recorded; say so loudly
-        log.exception("could not write a refusal to the audit log")
-
-
-def audit_ok(svc: Services, action: str, detail: str, run_id: str | None = None, site: str | None = None) -> None:
-    svc.store.add_audit(
-        AuditEntry(at=svc.clock(), actor=ADMIN, action=action, outcome="ok", detail=detail, run_id=run_id, site=site)
-    )
+    @property
+    def header(self) -> ModelHeader:
+        return ModelHeader(self.version, self.sha256, len(self.data), self.format)
 
 
 # --- federation ---------------------------------------------------------------------------------------
 
 
-def join(
-    svc: Services,
-    site: SiteRecord,
-    protocol: tuple[int, int],
-    software_version: str,
-    site_info: Mapping[str, str],
-) -> JoinResult:
+def join(svc: Services, site: SiteRecord, request: JoinRequest) -> JoinReply:
+    protocol, software_version = request.protocol, request.software_version
     major, minor = PROTOCOL_VERSION
     if protocol[0] != major:
         raise FailedPrecondition(
@@ -209,18 +82,19 @@ def join(
         )
     if protocol[1] != minor:
         event(log, "protocol minor differs", site=site.name, site_protocol=f"{protocol[0]}.{protocol[1]}")
-    svc.store.touch_site(site.id, svc.clock(), software_version=software_version, site_info=dict(site_info))
+    svc.store.touch_site(site.id, svc.clock(), software_version=software_version, site_info=asdict(request.site_info))
     run = svc.store.active_run()
     event(log, "site joined", site=site.name, run=None if run is None else run.id, software=software_version)
     if run is None:
-        return JoinResult(site.name, "", None)
-    return JoinResult(site.name, run.id, RunConfig.from_dict(run.config))
+        return JoinReply(site.name, "", None, PROTOCOL_VERSION)
+    return JoinReply(site.name, run.id, RunConfig.from_dict(run.config), PROTOCOL_VERSION)
 
 
-def poll_task(svc: Services, site: SiteRecord, run_id: str, wait_s: float) -> Task:
+def poll_task(svc: Services, site: SiteRecord, request: PollTaskRequest) -> SiteTask:
     """The site's next task; with nothing to do, hold the call until something changes or time runs out."""
     _touch(svc, site)
-    hold = min(max(wait_s, 0.0), svc.limits.poll_wait_cap_s)
+    run_id = request.run_id
+    hold = min(max(float(request.wait_seconds), 0.0), svc.limits.poll_wait_cap_s)
     give_up = time.monotonic() + hold
     holding = False
     try:
@@ -242,7 +116,7 @@ def poll_task(svc: Services, site: SiteRecord, run_id: str, wait_s: float) -> Ta
             svc.long_polls.give_back()
 
 
-def _next_task(svc: Services, site: SiteRecord, run_id: str) -> Task | None:
+def _next_task(svc: Services, site: SiteRecord, run_id: str) -> SiteTask | None:
     run = run_or_not_found(svc, run_id)
     if run.state != RunState.RUNNING:
         return DoneTask(run.latest_version, run.message or f"run {run.state.value.lower()}")
@@ -276,10 +150,8 @@ def check_update_header(
 
     Returns the run's config, the target round and the update already in the site's slot, if any.
     """
-    if header.claimed_site and header.claimed_site != site.name:
-        raise PermissionDenied(
-            f"site {site.name!r} may only submit into its own slot, not into {header.claimed_site!r}'s"
-        )
+    if header.site and header.site != site.name:
+        raise PermissionDenied(f"site {site.name!r} may only submit into its own slot, not into {header.site!r}'s")
     if not _SHA256.match(header.sha256):
         raise InvalidArgument("header sha256 must be 64 lower-case hex digits")
     if header.total_bytes < 1:
@@ -348,13 +220,14 @@ def decode_and_validate(
     return SiteUpdate(site, header.num_samples, update)
 
 
-def submit_update(svc: Services, site: SiteRecord, header: UpdateHeader, chunks: Iterable[bytes]) -> SubmitResult:
+def submit_update(svc: Services, site: SiteRecord, header: UpdateHeader, chunks: Iterable[bytes]) -> SubmitReply:
     """Validate and store one update; nothing is stored unless every check passed."""
+    header = replace(header, sha256=header.sha256.strip().lower())
     config, target, existing = check_update_header(svc, site, header)
     payload = read_payload(chunks, header)
     if existing is not None and existing.sha256 == header.sha256 and sha256_hex(payload) == header.sha256:
         svc.metrics.updates.labels("duplicate").inc()
-        return SubmitResult(True, True, f"round {target.number} already holds this update")
+        return SubmitReply(True, True, f"round {target.number} already holds this update")
     decoded = decode_and_validate(svc, config, site.name, header, payload)
     record, duplicate = svc.store.add_update(
         NewUpdate(
@@ -370,7 +243,7 @@ def submit_update(svc: Services, site: SiteRecord, header: UpdateHeader, chunks:
     )
     if duplicate:
         svc.metrics.updates.labels("duplicate").inc()
-        return SubmitResult(True, True, f"round {target.number} already holds this update")
+        return SubmitReply(True, True, f"round {target.number} already holds this update")
     svc.pending.put(target.id, record.id, decoded)
     svc.metrics.updates.labels("accepted").inc()
     svc.metrics.update_bytes.inc(len(payload))
@@ -385,10 +258,11 @@ def submit_update(svc: Services, site: SiteRecord, header: UpdateHeader, chunks:
         samples=header.num_samples,
     )
     svc.notifier.notify()
-    return SubmitResult(True, False, f"accepted for round {target.number}")
+    return SubmitReply(True, False, f"accepted for round {target.number}")
 
 
-def heartbeat(svc: Services, site: SiteRecord, run_id: str, round_number: int) -> HeartbeatResult:
+def heartbeat(svc: Services, site: SiteRecord, request: HeartbeatRequest) -> HeartbeatReply:
+    run_id, round_number = request.run_id, request.round
     now = svc.clock()
     svc.store.touch_site(site.id, now)
     abandon = False
@@ -403,7 +277,7 @@ def heartbeat(svc: Services, site: SiteRecord, run_id: str, round_number: int) -
             or current.state != RoundState.OPEN
             or (RunConfig.from_dict(run.config).late_policy == "reopen" and now >= current.deadline)
         )
-    return HeartbeatResult(now, abandon)
+    return HeartbeatReply(now, abandon)
 
 
 # --- helpers ------------------------------------------------------------------------------------------

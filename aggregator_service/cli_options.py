@@ -1,0 +1,37 @@
+"""What the aggregator's commands share: the settings, server and loopback options, and one error line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from aggregator_service.settings import AggregatorSettings
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", envvar="FEDMEDCLIP_AGGREGATOR_CONFIG", help="YAML settings file.", show_default=False),
+]
+ServerOption = Annotated[
+    str | None, typer.Option("--server", help="Aggregator address host:port (default: the configured host:port).")
+]
+InsecureOption = Annotated[
+    bool | None,
+    typer.Option("--insecure-loopback", help="Plaintext gRPC, allowed only on a loopback address.", show_default=False),
+]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def load_settings(config: Path | None, **overrides: Any) -> AggregatorSettings:
+    from aggregator_service.settings import AggregatorSettings, ConfigError
+
+    try:
+        return AggregatorSettings.load(config, **overrides)
+    except ConfigError as exc:  # one line naming the settings, never their values (secrets)
+        raise fail(str(exc)) from None
