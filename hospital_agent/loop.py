@@ -40,6 +40,7 @@ from hospital_agent.state import AgentState, PendingUpdate, StateStore
 from hospital_agent.trainer import (
     compatible_head,
     evaluate,
+    fit_calibration,
     majority_rate,
     resolve_device,
     train_round,
@@ -302,6 +303,16 @@ class AgentLoop:
             session.head_hidden,
         )
         metrics["majority_acc"] = majority_rate(labels)  # local only: the bar "above chance" means
+        calibration = fit_calibration(
+            features,
+            labels,
+            session.data.classes,
+            session.prototypes,
+            session.record.logit_scale,
+            state.fam,
+            state.head,
+            session.head_hidden,
+        )
         bundle = publish_bundle(
             self.settings.bundle_root,
             self.site,
@@ -316,6 +327,7 @@ class AgentLoop:
             metrics=metrics,
             keep=self.settings.keep_bundles,
             run_id=session.run_id,
+            calibration=calibration,
         )
         state.metrics, state.metrics_version, state.bundle_version = metrics, version, bundle.version
         self.store.save(state)

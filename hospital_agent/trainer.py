@@ -27,6 +27,7 @@ from fedmedclip.model.backbone import Backbone, BackboneSpec
 from fedmedclip.model.head import build_head
 from fedmedclip.model.personalised import PersonalisedClassifier
 from fedmedclip.model.prompts import DEFAULT_TEMPLATES
+from fedmedclip.training.calibration import Calibration, fit_temperature
 from fedmedclip.training.local_round import train_local_round
 from fedmedclip.training.metrics import ensemble_report
 
@@ -163,6 +164,23 @@ def evaluate(
     classifier = PersonalisedClassifier(classes, fam, prototypes, logit_scale, head, head_hidden)
     report = ensemble_report(classifier.predict(features), labels)
     return {name: float(report[name]) for name in REPORTED if name in report}
+
+
+def fit_calibration(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    classes: Sequence[str],
+    prototypes: torch.Tensor,
+    logit_scale: float,
+    fam: dict[str, torch.Tensor],
+    head: dict[str, torch.Tensor] | None,
+    head_hidden: int,
+) -> Calibration | None:
+    """The ensemble's temperature fitted on the validation split (``None``: too few images to fit one)."""
+    if labels.numel() == 0:
+        return None
+    classifier = PersonalisedClassifier(classes, fam, prototypes, logit_scale, head, head_hidden)
+    return fit_temperature(classifier.predict(features).probs, labels, split="val")
 
 
 def majority_rate(labels: torch.Tensor) -> float:
