@@ -26,17 +26,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from safetensors.numpy import load as load_safetensors
-from safetensors.numpy import save as save_safetensors
 
+from fedmedclip.federation.fam_bytes import fam_from_bytes, fam_to_bytes
+from fedmedclip.model.fam_layout import FAM_MATRIX_NAMES as MATRIX_NAMES
+from fedmedclip.model.fam_layout import FAM_TENSOR_NAMES as TENSOR_NAMES
+from fedmedclip.model.fam_layout import FAM_VECTOR_NAMES as VECTOR_NAMES
 from fedmedclip.secagg.config import SecureAggregationConfig
 from fedmedclip.secagg.fixedpoint import FixedPoint
 from fedmedclip.secagg.protocol import RoundParams
 
-# The FAM's tensors (docs/design.md §3.3); a test checks they equal fedmedclip.model.fam's names.
-MATRIX_NAMES = ("m1.weight", "m2.weight")
-VECTOR_NAMES = ("m1.bias", "m1.kappa", "m2.bias", "m2.kappa")
-TENSOR_NAMES = ("m1.weight", "m1.bias", "m1.kappa", "m2.weight", "m2.bias", "m2.kappa")
+# The FAM's tensors (docs/design.md §3.3), from the one torch-free definition.
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -197,20 +196,10 @@ def apply_mean(parent: Arrays, decoded: DecodedSum, layout: Layout) -> dict[str,
 
 
 def fam_arrays_from_bytes(data: bytes, dim: int) -> dict[str, np.ndarray]:
-    """A stored FAM version (safetensors, §5) as numpy arrays, checked like ``fam_bytes.fam_from_bytes``."""
-    try:
-        state = load_safetensors(data)
-    except Exception as exc:  # safetensors raises its own error types; all mean "not a FAM file"
-        raise ValueError(f"not a safetensors FAM: {exc}") from exc
-    if set(state) != set(TENSOR_NAMES):
-        raise ValueError(f"FAM tensors {sorted(state)}, expected {sorted(TENSOR_NAMES)}")
-    for name, array in state.items():
-        expected = (dim, dim) if name in MATRIX_NAMES else (dim,)
-        if array.shape != expected or array.dtype != np.float32 or not np.all(np.isfinite(array)):
-            raise ValueError(f"FAM tensor {name!r} is not a finite float32 tensor of shape {list(expected)}")
-    return state
+    """A stored FAM version (safetensors, §5) as numpy arrays: ``fam_bytes.fam_from_bytes``."""
+    return fam_from_bytes(data, dim)
 
 
 def fam_arrays_to_bytes(state: Arrays) -> bytes:
-    """The same bytes ``fam_bytes.fam_to_bytes`` writes for the same float32 values."""
-    return save_safetensors({name: np.ascontiguousarray(state[name], dtype=np.float32) for name in TENSOR_NAMES})
+    """The same bytes ``fam_bytes.fam_to_bytes`` writes (it is that function)."""
+    return fam_to_bytes(state)

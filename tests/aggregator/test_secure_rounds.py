@@ -28,7 +28,6 @@ import sqlalchemy as sa
 from aggregator_service.server import RunningServer
 from fedmedclip.federation import messages as m
 from fedmedclip.federation import serde
-from fedmedclip.federation.fam_bytes import fam_to_bytes
 from fedmedclip.federation.run_config import RunConfig
 from fedmedclip.rpc.v1 import admin_pb2, federation_pb2
 from fedmedclip.secagg import encoding, packing
@@ -288,11 +287,15 @@ def test_a_restarted_aggregator_abandons_the_secure_round_and_opens_a_fresh_one(
         assert isinstance(task, m.SecureAdvertiseTask) and task.round == 2
 
 
-def test_fam_bytes_written_without_torch_match_the_plain_writer() -> None:
+def test_fam_bytes_written_without_torch_match_the_torch_writer() -> None:
+    """Versions written by the numpy aggregator are byte for byte what the torch one wrote."""
+    import torch
+    from safetensors.torch import save
+
     from fedmedclip.federation.fam_bytes import initial_fam
 
     state = initial_fam(DIM, 3)
-    assert encoding.fam_arrays_to_bytes({k: v.numpy() for k, v in state.items()}) == fam_to_bytes(state)
+    assert encoding.fam_arrays_to_bytes(state) == save({k: torch.from_numpy(v) for k, v in state.items()})
 
 
 def test_hostile_masked_inputs_and_unmask_answers_are_refused_and_store_nothing(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from fedmedclip.federation.fam_bytes import fam_to_bytes, initial_fam
 from fedmedclip.model.fam import FAM_MATRIX_NAMES, FAM_TENSOR_NAMES
@@ -154,7 +153,7 @@ def test_bits_cover_the_worst_case_sum_and_fam_bytes_match_the_torch_writer() ->
     data = fam_to_bytes(fam)
     arrays = encoding.fam_arrays_from_bytes(data, DIM)
     assert encoding.fam_arrays_to_bytes(arrays) == data
-    assert torch.equal(torch.from_numpy(arrays["m1.weight"]), fam["m1.weight"])
+    assert np.array_equal(arrays["m1.weight"], fam["m1.weight"])
     with pytest.raises(ValueError, match="shape"):
         encoding.fam_arrays_from_bytes(data, DIM + 1)
 
