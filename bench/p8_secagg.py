@@ -139,7 +139,7 @@ def secure_round(updates: list[dict[str, torch.Tensor]], dim: int, secure: Secur
     shared = {name: {item.sender for item in inbox[name]} for name in names}
     total = unmask_sum(directory, shared, vectors, revealed)
     decoded = encoding.decode_sum(total, layout, secure, fixed)
-    parent = {k: v.numpy() for k, v in initial_fam(dim, 0).items()}
+    parent = initial_fam(dim, 0)
     encoding.fam_arrays_to_bytes(encoding.apply_mean(parent, decoded, layout))
     server_s = time.perf_counter() - started
     exact = sum(e.integers for e in encoded.values())

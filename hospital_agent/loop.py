@@ -25,8 +25,8 @@ import torch
 
 from fedmedclip.data.imagefolder import LabeledImages
 from fedmedclip.federation import messages as m
-from fedmedclip.federation.codec import CodecConfig
 from fedmedclip.federation.arrays import to_torch
+from fedmedclip.federation.codec import CodecConfig
 from fedmedclip.federation.fam_bytes import fam_from_bytes
 from fedmedclip.federation.run_config import RunConfig
 from fedmedclip.logs import event

@@ -25,6 +25,7 @@ def aggregate(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
     torch implementation are in test_vectors.py."""
     return to_torch(numpy_aggregate.aggregate(*args, **kwargs))
 
+
 SHAPES = {"w": (3, 3), "b": (3,)}
 
 
@@ -215,7 +216,11 @@ def test_codec_output_aggregates_to_the_decoded_mean() -> None:
         dense = [torch.from_numpy(update.to_dense()[name]).double() for update in decoded]
         if name in FAM_MATRIX_NAMES:
             sent = [update.tensors[name].rows for update in decoded]
-            masks = [torch.zeros(dim, dtype=torch.float64).index_fill_(0, torch.from_numpy(r), 1.0) for r in sent if r is not None]
+            masks = [
+                torch.zeros(dim, dtype=torch.float64).index_fill_(0, torch.from_numpy(r), 1.0)
+                for r in sent
+                if r is not None
+            ]
             weights = 10 * masks[0] + 30 * masks[1]
             expected = (10 * dense[0] + 30 * dense[1]) / weights.clamp(min=1).unsqueeze(1)
         else:

@@ -1,7 +1,7 @@
 import math
 
-import pytest
 import numpy as np
+import pytest
 
 from fedmedclip.federation.fam_bytes import fam_from_bytes, fam_to_bytes, initial_fam
 
