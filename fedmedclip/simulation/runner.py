@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from fedmedclip.federation.aggregate import SiteUpdate, aggregate
+from fedmedclip.federation.arrays import to_torch
 from fedmedclip.federation.codec import decode_update
 from fedmedclip.model.fam import build_fam, fam_state
 from fedmedclip.simulation.backends import Assignments, make_backend
@@ -122,7 +123,7 @@ def run_simulation(config: SimulateConfig, on_round: Callable[[RoundSummary], No
                 for u in report.uploads
             ]
             if updates:
-                global_fam = aggregate(global_fam, updates, weighting=config.weighting)
+                global_fam = to_torch(aggregate(global_fam, updates, weighting=config.weighting))
             statuses = [status for part in assignments.values() for _, status in part]
             losses = [m["loss"] for report in reports for m in report.train_metrics.values()]
             seconds = time.perf_counter() - round_started
