@@ -142,12 +142,15 @@ class Services:
     clock: Callable[[], datetime] = utc_now
     pending: PendingUpdates = field(default_factory=PendingUpdates)
     models: FamCache = field(default_factory=FamCache)
+    # Set while this process may serve: always on SQLite; on PostgreSQL only while it holds the leader lease.
+    leading: threading.Event = field(default_factory=threading.Event)
     long_polls: Slots = field(init=False)
     _touched: dict[int, float] = field(default_factory=dict, init=False)
     _touch_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
         self.long_polls = Slots(self.limits.max_long_polls)
+        self.leading.set()
 
     def should_touch(self, site_id: int) -> bool:
         """Rate-limit ``last_seen`` writes: a poll every second must not become a write every second."""
