@@ -129,6 +129,7 @@ class Lease:
 
 def refuse_writes(_session: Session) -> None:
     """The store's fence while standing by: a standby writes nothing."""
+    event(log, "write refused: this process is not the leader", logging.WARNING)
     raise Unavailable(NOT_LEADER)
 
 
