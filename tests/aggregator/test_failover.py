@@ -314,7 +314,7 @@ def test_a_graceful_stop_hands_over_at_once(pair: tuple[Aggregator, Aggregator])
     """SIGTERM releases the lease: the standby serves at its next look, not after the lease runs out."""
     leader, standby = pair
     stopped_at = leader.signal(signal.SIGTERM)
-    assert leader.process.wait(timeout=30) == 0
     took = time_to_serve(standby, stopped_at)
+    assert leader.process.wait(timeout=30) == 0
     assert took < LEASE_S, f"took {took:.2f} s: the lease was not released"
     print(f"\nfailover [SIGTERM]: standby SERVING {took:.2f} s after SIGTERM")
