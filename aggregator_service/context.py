@@ -31,6 +31,7 @@ class Limits:
     touch_interval_s: float = 15.0  # last_seen is written at most this often per site (except Join)
     max_metrics: int = 32  # metric keys per update
     max_metric_name: int = 64
+    site_token_grace_s: float = 86_400.0  # `sites rotate`: how long a replaced token keeps working by default
 
 
 class Slots:

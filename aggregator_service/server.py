@@ -137,6 +137,7 @@ def start_server(settings: AggregatorSettings, store: Store | None = None) -> Ru
         chunk_bytes=settings.chunk_bytes,
         poll_wait_cap_s=settings.poll_wait_cap_s,
         max_long_polls=max(1, settings.max_workers // 2),  # the other half serves everything else
+        site_token_grace_s=settings.site_token_grace_s,
     )
     svc = Services(store=store, admin_token=admin_token, limits=limits)
     engine = EngineThread(RoundEngine(svc))

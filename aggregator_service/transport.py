@@ -243,6 +243,19 @@ class AdminServicer(_Transport, admin_pb2_grpc.AdminServicer):
             site = admin_handlers.revoke_site(self.svc, revoke.site, revoke.reason)
             return serde.revoke_site_reply_to_proto(m.RevokeSiteReply(site))
 
+    def RotateSiteToken(  # noqa: N802 - gRPC method name
+        self, request: admin_pb2.RotateSiteTokenRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RotateSiteTokenResponse:
+        with self._rpc("RotateSiteToken", context) as call:
+            call.admin()
+            call.site_name = request.site
+            try:
+                rotate = serde.rotate_site_token_request_from_proto(request)
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from exc
+            reply = admin_handlers.rotate_site_token(self.svc, rotate.site, rotate.grace_s)
+            return serde.rotate_site_token_reply_to_proto(reply)
+
 
 def _data_chunks(messages: Iterator[federation_pb2.UpdateChunk]) -> Iterator[bytes]:
     for message in messages:
