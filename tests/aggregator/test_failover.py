@@ -215,7 +215,8 @@ def test_sigkill_the_leader_mid_round_the_standby_finishes_the_run(
                     continue  # accepted before the kill (or closed with it): not sent again
                 send(i, round_number)
             if round_number < rounds:
-                AdminStub(standby.channel).wait_for(lambda s, n=round_number: len(s.rounds) > n, run_id)
+                opened = round_number + 1
+                AdminStub(standby.channel).wait_for(lambda s: len(s.rounds) >= opened, run_id)
     finally:
         blocker.close()
         for client in clients.values():
