@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,10 @@ def round_state(engine: sa.Engine, run_id: str, number: int) -> str | None:
         return connection.execute(query, {"run": run_id, "n": number}).scalar()
 
 
+def has_rounds(count: int, status: admin_pb2.RunStatus) -> bool:
+    return len(status.rounds) >= count
+
+
 def assert_standby_refuses(standby: Aggregator) -> None:
     assert health_status(standby.channel) == "NOT_SERVING"
     assert health_status(standby.channel, "fedmedclip.rpc.v1.Federation") == "NOT_SERVING"
@@ -215,8 +220,7 @@ def test_sigkill_the_leader_mid_round_the_standby_finishes_the_run(
                     continue  # accepted before the kill (or closed with it): not sent again
                 send(i, round_number)
             if round_number < rounds:
-                opened = round_number + 1
-                AdminStub(standby.channel).wait_for(lambda s: len(s.rounds) >= opened, run_id)
+                AdminStub(standby.channel).wait_for(partial(has_rounds, round_number + 1), run_id)
     finally:
         blocker.close()
         for client in clients.values():
