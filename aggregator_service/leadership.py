@@ -60,6 +60,9 @@ _ACQUIRE = text(
     RETURNING token
     """
 )
+# A plain read first: the upsert locks the row even when its WHERE fails, which would queue the leader's
+# fenced writes behind a standby's every look.
+_EXPIRED = text("SELECT expires_at < clock_timestamp() FROM leader_lease WHERE id = 1")
 _RENEW = text(
     """
     UPDATE leader_lease SET expires_at = clock_timestamp() + make_interval(secs => :ttl)
@@ -94,6 +97,10 @@ class Lease:
 
     def acquire(self) -> int | None:
         """The new fencing token if the lease was free (absent or expired), else ``None``."""
+        with self.engine.connect() as connection:
+            expired = connection.execute(_EXPIRED).scalar()
+        if expired is False:
+            return None  # held and valid: nothing to try
         try:
             with self.engine.begin() as connection:
                 # A paused leader's open write may hold the row; do not queue behind it for ever.
