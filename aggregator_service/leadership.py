@@ -1,6 +1,6 @@
 """Active/standby on PostgreSQL: a lease row with a fencing token decides which aggregator process leads.
 
-docs/design.md §4.6. Several aggregator processes share one database; exactly one leads and serves, the
+docs/design.md §4.7. Several aggregator processes share one database; exactly one leads and serves, the
 others report NOT_SERVING and refuse every RPC with UNAVAILABLE until they win the lease.
 
 - **The lease** is the single row of ``leader_lease``: holder, fencing token, expiry. Times are the

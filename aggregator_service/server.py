@@ -21,6 +21,7 @@ from aggregator_service.context import Limits, PendingUpdates, Services
 from aggregator_service.leadership import Elector, Lease, hold_sqlite_lock, new_holder_id, refuse_writes
 from aggregator_service.logs import event
 from aggregator_service.rounds import RoundEngine
+from aggregator_service.secure_rounds import SecureRegistry
 from aggregator_service.settings import AggregatorSettings, ConfigError
 from aggregator_service.store.base import Store
 from aggregator_service.store.sql import SqlStore
@@ -207,6 +208,7 @@ def _elector(
     def on_lead(token: int) -> None:
         store.set_fence(lease.fence(token))
         svc.pending = PendingUpdates()  # the previous leader may have accepted updates this process never saw
+        svc.secure = SecureRegistry()  # key material of an earlier stint is stale; resume() abandons the round
         engine.engine.resume()
         engine.start()
         svc.leading.set()

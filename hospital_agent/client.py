@@ -8,7 +8,7 @@
   idempotent calls, with capped exponential backoff and jitter, for as long as it takes (the agent is a
   service: it outlives aggregator outages). Every call the agent makes is idempotent by the protocol:
   ``SubmitUpdate`` of the same bytes is acknowledged as a duplicate. Anything else raises ``AggregatorError``.
-- Failover: ``aggregator`` may list several addresses (active/standby aggregators, docs/design.md §4.6).
+- Failover: ``aggregator`` may list several addresses (active/standby aggregators, docs/design.md §4.7).
   A call that fails with a retryable status moves to the next address before its retry; a standby answers
   UNAVAILABLE, so the agent settles on the leader. Backoff grows once per pass over the whole list.
 - Waiting (backoff, an in-flight unary call) ends at once when ``stop`` is set: SIGTERM is never held up
@@ -182,6 +182,32 @@ class FederationClient:
             return self._wait(self._stub.SubmitUpdate.future(chunks, metadata=self._metadata, timeout=self._timeout))
 
         return serde.submit_reply_from_proto(self._retrying("SubmitUpdate", attempt))
+
+    # --- secure rounds (docs/design.md §4.6); each is idempotent: a resend is acknowledged as a duplicate ---
+
+    def advertise_keys(self, request: m.AdvertiseKeysRequest) -> m.SecurePhaseReply:
+        message = serde.advertise_keys_request_to_proto(request)
+        reply = self._retrying("AdvertiseKeys", lambda: self._unary(self._stub.AdvertiseKeys, message, self._timeout))
+        return serde.secure_reply_from_proto(reply)
+
+    def share_keys(self, request: m.ShareKeysRequest) -> m.SecurePhaseReply:
+        message = serde.share_keys_request_to_proto(request)
+        reply = self._retrying("ShareKeys", lambda: self._unary(self._stub.ShareKeys, message, self._timeout))
+        return serde.secure_reply_from_proto(reply)
+
+    def submit_masked_input(self, header: m.MaskedInputHeader, data: bytes) -> m.SecurePhaseReply:
+        def attempt() -> Any:
+            chunks = serde.masked_input_chunks_to_proto(header, data, self.settings.chunk_bytes)
+            return self._wait(
+                self._stub.SubmitMaskedInput.future(chunks, metadata=self._metadata, timeout=self._timeout)
+            )
+
+        return serde.secure_reply_from_proto(self._retrying("SubmitMaskedInput", attempt))
+
+    def unmask(self, request: m.UnmaskRequest) -> m.SecurePhaseReply:
+        message = serde.unmask_request_to_proto(request)
+        reply = self._retrying("Unmask", lambda: self._unary(self._stub.Unmask, message, self._timeout))
+        return serde.secure_reply_from_proto(reply)
 
     def heartbeat(self, run_id: str, activity: m.SiteActivity, round_number: int) -> m.HeartbeatReply:
         """One attempt, short deadline: a missed heartbeat is harmless and the next one comes soon."""

@@ -33,6 +33,7 @@ from hospital_agent.adapters import load_site_images, report_skipped
 from hospital_agent.client import AgentStopped, AggregatorError, FederationClient, Interceptor
 from hospital_agent.heartbeat import Heartbeat
 from hospital_agent.publish import publish_bundle
+from hospital_agent.secure_round import SecurePhases
 from hospital_agent.session import RunSession, prepare_session
 from hospital_agent.settings import AgentSettings, ConfigError
 from hospital_agent.state import AgentState, PendingUpdate, StateStore
@@ -71,6 +72,7 @@ class AgentLoop:
         self.heartbeat = Heartbeat(self.client, settings.heartbeat_s, self.stop)
         self.state = AgentState(site=self.site)
         self._session: RunSession | None = None
+        self.secure = SecurePhases(self)  # a secure round's secrets, in memory for that round only
 
     # --- the service ------------------------------------------------------------------------------------
 
@@ -147,8 +149,10 @@ class AgentLoop:
             elif isinstance(task, m.DoneTask):
                 self._finish(session, task)
                 return
-            else:
+            elif isinstance(task, m.TrainTask):
                 self._train(session, task)
+            else:  # a phase of a secure round (docs/design.md §4.6)
+                self.secure.handle(session, task)
 
     # --- per run ----------------------------------------------------------------------------------------
 

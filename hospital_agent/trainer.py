@@ -182,6 +182,7 @@ class RoundOutcome:
     report: dict[str, float]  # what goes into the update header: train losses and validation accuracies
     stats: CodecStats
     seconds: float
+    fam: dict[str, torch.Tensor] | None = None  # the local FAM after the round (secure rounds encode from it)
 
 
 def train_round(
@@ -238,4 +239,5 @@ def train_round(
         report=report,
         stats=encoded.stats,
         seconds=time.perf_counter() - started,
+        fam=local_fam,
     )

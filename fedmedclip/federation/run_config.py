@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fedmedclip.federation.aggregate import Weighting
 from fedmedclip.federation.codec import CodecConfig
+from fedmedclip.secagg.config import SecureAggregationConfig
 from fedmedclip.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     prompt_templates: tuple[str, ...] = ()  # empty: the library default templates
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
 
     def __post_init__(self) -> None:
         problems = []
@@ -115,6 +117,7 @@ class RunConfig:
             "train": self.train.to_dict(),
             "codec": self.codec.to_dict(),
             "prompt_templates": list(self.prompt_templates),
+            "secure_aggregation": self.secure_aggregation.to_dict(),
         }
 
     @classmethod
@@ -136,6 +139,8 @@ class RunConfig:
             values["train"] = TrainConfig.from_dict(dict(values["train"]))
         if isinstance(values.get("codec"), Mapping):
             values["codec"] = CodecConfig.from_dict(values["codec"])
+        if isinstance(values.get("secure_aggregation"), Mapping):
+            values["secure_aggregation"] = SecureAggregationConfig.from_dict(values["secure_aggregation"])
         if "prompt_templates" in values:
             values["prompt_templates"] = tuple(values["prompt_templates"] or ())
         try:

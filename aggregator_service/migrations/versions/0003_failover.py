@@ -1,7 +1,7 @@
 """Failover and token rotation: the leader lease row (fencing token) and a site's previous token.
 
 Revision ID: 0003_failover
-Revises: 0001
+Revises: 0005_secagg
 Create Date: 2026-12-01
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003_failover"
-down_revision = "0001"
+down_revision = "0005_secagg"
 branch_labels = None
 depends_on = None
 
