@@ -16,10 +16,11 @@ from typing import Literal
 
 from fedmedclip.federation.codec import CodecConfig
 from fedmedclip.federation.run_config import RunConfig
+from fedmedclip.privacy.ledger import PrivacyLedger
 
 MODEL_FORMAT_SAFETENSORS = "safetensors"
 
-SiteActivity = Literal["idle", "embedding", "training", "uploading"]
+SiteActivity = Literal["idle", "embedding", "training", "uploading", "budget_spent"]
 
 
 class RunState(enum.Enum):
@@ -40,6 +41,7 @@ class ParticipationState(enum.Enum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"
     MISSING = "missing"
+    BUDGET_SPENT = "budget_spent"  # no update because the site's privacy budget is spent: not a fault
 
 
 # --- shared ---------------------------------------------------------------------------------------------
@@ -127,6 +129,7 @@ class UpdateHeader:
     sha256: str
     total_bytes: int
     site: str = ""  # optional self-check; the aggregator takes the identity from the token
+    privacy: PrivacyLedger | None = None  # the site's privacy ledger after this round (§6.4); None: no DP
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ class SiteParticipation:
     received_at: datetime | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
     message: str = ""  # why an update was rejected
+    privacy: PrivacyLedger | None = None  # the ledger the site sent with its update
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fedmedclip.federation.aggregate import Weighting
 from fedmedclip.federation.codec import CodecConfig
+from fedmedclip.privacy.config import PrivacyConfig
 from fedmedclip.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     prompt_templates: tuple[str, ...] = ()  # empty: the library default templates
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # differential privacy (§3.13); off by default
 
     def __post_init__(self) -> None:
         problems = []
@@ -115,6 +117,7 @@ class RunConfig:
             "train": self.train.to_dict(),
             "codec": self.codec.to_dict(),
             "prompt_templates": list(self.prompt_templates),
+            "privacy": self.privacy.to_dict(),
         }
 
     @classmethod
@@ -136,6 +139,8 @@ class RunConfig:
             values["train"] = TrainConfig.from_dict(dict(values["train"]))
         if isinstance(values.get("codec"), Mapping):
             values["codec"] = CodecConfig.from_dict(values["codec"])
+        if isinstance(values.get("privacy"), Mapping):
+            values["privacy"] = PrivacyConfig.from_dict(values["privacy"])
         if "prompt_templates" in values:
             values["prompt_templates"] = tuple(values["prompt_templates"] or ())
         try:
