@@ -20,7 +20,15 @@ import torch
 from aggregator_service.context import Services
 from aggregator_service.errors import FailedPrecondition
 from aggregator_service.logs import event
-from aggregator_service.store.base import NewVersion, RoundRecord, RoundState, RunRecord, RunState, UpdateRecord
+from aggregator_service.store.base import (
+    NewVersion,
+    RoundRecord,
+    RoundState,
+    RunRecord,
+    RunState,
+    Store,
+    UpdateRecord,
+)
 from fedmedclip.federation.aggregate import SiteUpdate, aggregate
 from fedmedclip.federation.codec import decode_update
 from fedmedclip.federation.errors import FederationError
@@ -111,7 +119,7 @@ class RoundEngine:
             return IDLE_CHECK_S
         now = self.svc.clock()
         accepted = len(store.list_updates(current.id))
-        decision = decide(accepted, store.count_enabled_sites(), config, current.deadline, now)
+        decision = decide(accepted, expected_sites(store, run.id), config, current.deadline, now)
         if decision == "close":
             if store.begin_aggregation(current.id):
                 self._close(run, config, current)
@@ -223,3 +231,12 @@ class RoundEngine:
             state = fam_from_bytes(data, dim)
             self.svc.models.put_state(version, state)
         return state
+
+
+def expected_sites(store: Store, run_id: str) -> int:
+    """Enabled sites still able to contribute: those whose privacy budget is spent are not waited for."""
+    spent = store.budget_spent_sites(run_id)
+    enabled = store.count_enabled_sites()
+    if not spent:
+        return enabled
+    return enabled - sum(1 for site in store.list_sites() if site.enabled and site.name in spent)
