@@ -53,3 +53,29 @@ class PrivacyLedger:
 
 
 NO_GUARANTEE = "no formal privacy guarantee"
+
+
+@dataclass(frozen=True)
+class PrivacyGuarantee:
+    """What a served model part carries: (ε, δ)-DP for the records named by ``unit`` ("record" or "site")."""
+
+    epsilon: float
+    delta: float
+    unit: str = "record"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.epsilon) and self.epsilon >= 0 and 0 < self.delta < 1):
+            raise ValueError(f"invalid privacy guarantee ε={self.epsilon!r}, δ={self.delta!r}")
+        if self.unit not in ("record", "site"):
+            raise ValueError(f"privacy unit must be 'record' or 'site', got {self.unit!r}")
+
+    def describe(self) -> str:
+        return f"trained with differential privacy, ε = {self.epsilon:.2f}, δ = {self.delta:.1e}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def describe(guarantee: PrivacyGuarantee | None) -> str:
+    """The clinician's sentence for a model part: its guarantee, or that it has none."""
+    return NO_GUARANTEE if guarantee is None else guarantee.describe()
