@@ -14,6 +14,7 @@ import torch
 
 from fedmedclip.bundle import BackboneRecord, Bundle, prune_versions, write_bundle
 from fedmedclip.logs import event
+from fedmedclip.privacy.ledger import PrivacyGuarantee, describe
 
 log = logging.getLogger("hospital_agent.publish")
 
@@ -33,6 +34,7 @@ def publish_bundle(
     metrics: Mapping[str, float],
     keep: int,
     run_id: str = "",
+    fam_privacy: PrivacyGuarantee | None = None,
 ) -> Bundle:
     """Write and switch to a new bundle version, then delete all but the newest ``keep`` versions."""
     bundle = write_bundle(
@@ -47,6 +49,7 @@ def publish_bundle(
         head_state=head,
         head_hidden=head_hidden,
         metrics=metrics,
+        fam_privacy=fam_privacy,
     )
     removed = prune_versions(root, site, keep)
     event(
@@ -57,6 +60,7 @@ def publish_bundle(
         version=fam_version,
         bundle=bundle.version,
         has_head=head is not None,
+        privacy=describe(fam_privacy),
         pruned=len(removed) or None,
     )
     return bundle

@@ -32,7 +32,9 @@ class _StraightThroughStep(torch.autograd.Function):
         return (x > 0).to(x.dtype)
 
     @staticmethod
-    def setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+    def setup_context(
+        ctx: torch.autograd.function.FunctionCtx, inputs: tuple[torch.Tensor], output: torch.Tensor
+    ) -> None:
         ctx.save_for_backward(inputs[0])
 
     @staticmethod

@@ -52,7 +52,9 @@ class PrivacyConfig:
         if not _positive(self.clip_norm):
             problems.append(f"privacy clip_norm must be a positive number, got {self.clip_norm!r}")
         if self.noise_multiplier is not None and not _positive(self.noise_multiplier):
-            problems.append(f"privacy noise_multiplier must be a positive number or absent, got {self.noise_multiplier!r}")
+            problems.append(
+                f"privacy noise_multiplier must be a positive number or absent, got {self.noise_multiplier!r}"
+            )
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             problems.append(f"privacy batch_size must be an integer >= 1, got {self.batch_size!r}")
         for name in ("site_noise_multiplier", "site_count_noise", "site_initial_clip"):

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fedmedclip.model.backbone import Backbone, BackboneSpec
+from fedmedclip.privacy.ledger import PrivacyGuarantee
 from inference_api.app import create_app
 from inference_api.keys import hash_key
 from inference_api.settings import ApiKeyConfig, ApiSettings
@@ -28,10 +29,23 @@ def key_configs() -> list[ApiKeyConfig]:
     ]
 
 
+SITE_B_EPSILON = 3.0
+
+
 def populate(root: Path, backbone: Backbone) -> None:
-    """site-a (3 classes), site-b (2 classes, another head), site-empty (a folder, no bundle yet)."""
+    """site-a (3 classes), site-b (2 classes, another head, trained with DP), site-empty (no bundle yet)."""
     publish(root, "site-a", backbone, version="v0001", fam_version=4)
-    publish(root, "site-b", backbone, version="v0001", classes=SITE_B_CLASSES, seed=1, fam_version=4)
+    site_b_privacy = PrivacyGuarantee(SITE_B_EPSILON, 1e-5)  # site-b trained with record-level DP
+    publish(
+        root,
+        "site-b",
+        backbone,
+        version="v0001",
+        classes=SITE_B_CLASSES,
+        seed=1,
+        fam_version=4,
+        fam_privacy=site_b_privacy,
+    )
     (root / "site-empty").mkdir()
 
 

@@ -170,6 +170,10 @@ def test_the_page_classifies_an_uploaded_image(server, tmp_path):
             page.fill("#api-key", KEYS["b"])
             page.click("#connect")
             expect(page.locator("#site")).to_have_value("site-b")
+            expect(page.locator("#privacy-fam")).to_have_text(
+                "Shared model: trained with differential privacy, ε = 3.00, δ = 1.0e-05."
+            )
+            expect(page.locator("#privacy-head")).to_contain_text("Private head: no formal privacy guarantee")
             page.set_input_files("#file", str(image))
             page.click("#classify")
             expect(page.locator("#result")).to_be_visible()

@@ -85,9 +85,7 @@ def _round(head_seed: int, noise_seed: int = 5):  # type: ignore[no-untyped-def]
     features, labels, text = _data(40)
     global_fam = fam_state(build_fam(DIM, seed=0))
     plan = DpSgdPlan(clip_norm=0.5, sigma=1.0, sample_rate=0.25, steps=4, noise_seed=noise_seed)
-    result = train_private_round(
-        features, labels, text, global_fam, None, logit_scale=SCALE, plan=plan, seed=head_seed
-    )
+    result = train_private_round(features, labels, text, global_fam, None, logit_scale=SCALE, plan=plan, seed=head_seed)
     return global_fam, result
 
 
