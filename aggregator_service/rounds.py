@@ -15,6 +15,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Literal
 
+import numpy as np
 import torch
 
 from aggregator_service.context import Services
@@ -34,6 +35,7 @@ from fedmedclip.federation.codec import decode_update
 from fedmedclip.federation.errors import FederationError
 from fedmedclip.federation.fam_bytes import fam_from_bytes, fam_to_bytes, sha256_hex
 from fedmedclip.federation.run_config import RunConfig
+from fedmedclip.privacy.dp_fedavg import dp_fedavg_round, site_epsilon
 
 log = logging.getLogger("aggregator_service.rounds")
 
@@ -148,8 +150,12 @@ class RoundEngine:
             decoded = self._decode(updates, current)
             parent = self._state(current.input_version, config.embed_dim)
             site_updates = [decoded[u.id] for u in updates]
-            # Each update passed validate_update with these shapes and bound when it was accepted.
-            new_state = aggregate(parent, site_updates, config.weighting, config.norm_bound, prevalidated=True)
+            dp_metrics: dict[str, float] = {}
+            if config.privacy.mode == "site":  # DP-FedAvg at this (trusted) aggregator, docs/design.md §3.14
+                new_state, dp_metrics = self._dp_fedavg(run, config, current, parent, site_updates)
+            else:
+                # Each update passed validate_update with these shapes and bound when it was accepted.
+                new_state = aggregate(parent, site_updates, config.weighting, config.norm_bound, prevalidated=True)
         except (FederationError, ValueError, KeyError) as exc:
             # Deterministic: retrying would fail the same way, so the run stops with the reason.
             message = f"aggregation of round {current.number} failed: {exc}"
@@ -166,7 +172,7 @@ class RoundEngine:
                 current.id,
                 NewVersion(data, sha256_hex(data), current.input_version),
                 [u.id for u in updates],
-                weighted_metrics(updates),
+                {**weighted_metrics(updates), **dp_metrics},
                 now,
                 None if final else now + timedelta(seconds=config.round_timeout_s),
             )
@@ -221,6 +227,48 @@ class RoundEngine:
                 update.site, update.num_samples, decode_update(payloads[update.id], update.sha256)
             )
         return {u.id: found[u.id] for u in updates}
+
+    def _dp_fedavg(
+        self,
+        run: RunRecord,
+        config: RunConfig,
+        current: RoundRecord,
+        parent: dict[str, torch.Tensor],
+        updates: list[SiteUpdate],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """One DP-FedAvg round; the adaptive clip bound travels in the closed rounds' metrics (restart-safe)."""
+        store = self.svc.store
+        closed = [r for r in store.list_rounds(run.id) if r.state == RoundState.CLOSED and r.number < current.number]
+        clip = next(
+            (r.metrics["dp_site_clip_next"] for r in reversed(closed) if "dp_site_clip_next" in r.metrics),
+            config.privacy.site_initial_clip,
+        )
+        sites = store.count_enabled_sites()
+        dense = [
+            {
+                name: (u.update.tensors[name].to_dense() if name in u.update.tensors else torch.zeros_like(value))
+                .numpy()
+                .astype(np.float64)
+                for name, value in parent.items()
+            }
+            for u in updates
+        ]
+        expected = max(1.0, config.privacy.site_sample_rate * sites)
+        new_state, record = dp_fedavg_round(
+            {name: value.numpy() for name, value in parent.items()}, dense, clip, config.privacy, expected
+        )
+        epsilon, delta = site_epsilon(config.privacy, len(closed) + 1, sites)
+        metrics = {
+            "dp_site_epsilon": epsilon,
+            "dp_site_delta": delta,
+            "dp_site_clip": record.clip,
+            "dp_site_clip_next": record.next_clip,
+            "dp_site_clipped": float(record.clipped_sites),
+        }
+        event(
+            log, "site-level DP round", run=run.id, round=current.number, **{k: round(v, 6) for k, v in metrics.items()}
+        )
+        return {name: torch.from_numpy(value) for name, value in new_state.items()}, metrics
 
     def _state(self, version: int, dim: int) -> dict[str, torch.Tensor]:
         state = self.svc.models.get_state(version)
