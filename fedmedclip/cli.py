@@ -142,6 +142,15 @@ def _register_experiment() -> None:
 _register_experiment()
 
 
+def _register_backbone() -> None:
+    from fedmedclip.model.pack_cli import app as backbone_app
+
+    app.add_typer(backbone_app, name="backbone", help="Backbone packs: a CLIP model as checked files, loaded offline.")
+
+
+_register_backbone()
+
+
 ENTRY_POINT_GROUP = "fedmedclip.cli"
 
 

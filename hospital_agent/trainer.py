@@ -103,9 +103,12 @@ def check_backbone(backbone: Backbone, config: RunConfig) -> None:
     """Refuse a run whose backbone or width differs from what this site computes (``IncompatibleRunError``)."""
     wanted = config.backbone
     if wanted.weights_digest and wanted.weights_digest != backbone.weights_digest:
+        # Full digests: for a pack this is its manifest digest, which the operator compares with
+        # `fedmedclip backbone verify PACK`.
         raise IncompatibleRunError(
-            f"the run pins backbone weights digest {wanted.weights_digest[:12]}…, this site's weights have "
-            f"{backbone.weights_digest[:12]}…: its embeddings would not match the federation's"
+            f"the run pins backbone weights digest {wanted.weights_digest}, but this site's backbone "
+            f"({backbone.spec.describe()}) has weights digest {backbone.weights_digest}: its embeddings would not "
+            "match the federation's; install the run's backbone pack (`fedmedclip backbone verify` prints a digest)"
         )
     if backbone.embed_dim != config.embed_dim:
         raise IncompatibleRunError(

@@ -1,4 +1,4 @@
-"""Content-addressed embedding cache and the embedding pass that fills it (DESIGN.md §3 "Embedding cache").
+"""Content-addressed embedding cache and the embedding pass that fills it (docs/design.md §3.10).
 
 The backbone is frozen and training uses no augmentation, so an image's embedding depends only on the
 backbone (model, weights digest, preprocessing: ``Backbone.cache_namespace``) and the image bytes. Vectors

@@ -18,6 +18,16 @@ from fedmedclip.data.splits import DEFAULT_FRACTIONS, Split, split_indices
 from fedmedclip.model.backbone import Backbone
 
 
+class NoUsableImagesError(DatasetError):
+    """Not one listed file of a site decoded; ``failed`` holds every (path, reason) for the skipped list."""
+
+    def __init__(self, name: str, failed: Sequence[tuple[Path, str]]) -> None:
+        self.failed = list(failed)
+        examples = "; ".join(f"{path}: {reason}" for path, reason in self.failed[:3])
+        more = f" (and {len(self.failed) - 3} more)" if len(self.failed) > 3 else ""
+        super().__init__(f"site {name} has no usable images ({len(self.failed)} unreadable): {examples}{more}")
+
+
 @dataclass(frozen=True)
 class SiteEmbeddings:
     """Every usable image of one site as a raw CLIP embedding, with labels, paths and the split."""
@@ -62,7 +72,7 @@ def embed_site(
         backbone, images.paths, cache, batch_size=batch_size, num_workers=num_workers, progress=progress
     )
     if not result.kept_indices:
-        raise DatasetError(f"site {name} has no usable images ({len(result.failed)} unreadable)")
+        raise NoUsableImagesError(name, result.failed)
     kept = [images.records[i] for i in result.kept_indices]
     labels = torch.tensor([record.label for record in kept], dtype=torch.long)
     if test_only:

@@ -1,8 +1,10 @@
 """The frozen CLIP backbone: explicit weight resolution, frozen eval-mode encoders, prototype building.
 
-Weights are named by one string and resolved explicitly (DESIGN.md §3):
+Weights are named by one string and resolved explicitly (docs/design.md §3.1):
 - ``None`` / ``"none"`` / ``"random"``: random initialisation from ``seed`` (tests, demos without weights);
 - an existing file (``.safetensors``, ``.bin``, ``.pt``, ``.pth``): loaded directly;
+- a backbone pack (a directory with ``manifest.json``, ``fedmedclip backbone pack``): verified, then built from
+  its own config, weights and tokenizer with no network at all; its digest is the ``weights_digest``;
 - an existing directory: the open_clip checkpoint inside it (``open_clip_model.safetensors`` preferred);
 - anything else: an open_clip pretrained tag for the model (``openai``, ``laion2b_s34b_b79k``...). With
   ``HF_HUB_OFFLINE=1`` a tag that is not already in the local cache fails at once with a clear message.
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms
 
+from fedmedclip.model import packs
 from fedmedclip.model.prompts import DEFAULT_TEMPLATES, render_prompts
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -224,13 +227,63 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _pack_root(spec: BackboneSpec) -> Path | None:
+    if spec.is_random or spec.weights is None:
+        return None
+    path = Path(spec.weights).expanduser()
+    return path if packs.is_pack(path) else None
+
+
+def _load_pack(spec: BackboneSpec, root: Path) -> tuple[Any, Callable[[Image.Image], torch.Tensor], Any, str]:
+    """Model, transform, tokenizer and digest of the pack at ``root``; the spec must name the pack's model."""
+    rng = torch.random.get_rng_state()
+    try:
+        loaded = packs.load(root)
+    except packs.PackError as error:
+        raise WeightsUnavailableError(f"backbone pack {root}: {error}") from None
+    finally:
+        torch.random.set_rng_state(rng)
+    if loaded.manifest.model != spec.model:
+        raise WeightsUnavailableError(
+            f"backbone pack {root} holds model {loaded.manifest.model!r}, but the backbone spec names {spec.model!r}; "
+            f"set model: {loaded.manifest.model}"
+        )
+    return loaded.model, loaded.transform, loaded.tokenizer, loaded.manifest.digest
+
+
 def load_backbone(spec: BackboneSpec, device: torch.device | str | None = None) -> Backbone:
     """Build the frozen backbone for ``spec``; raises ``WeightsUnavailableError`` fast when weights are missing."""
-    if spec.model not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model {spec.model!r} (e.g. ViT-B-32, ViT-B-16, {TINY_MODEL})")
     if spec.preprocess not in ("clip", "paper"):
         raise ValueError(f"preprocess must be 'clip' or 'paper', got {spec.preprocess!r}")
     target = torch.device(device) if device is not None else default_device()
+    pack_root = _pack_root(spec)
+    if pack_root is not None:
+        model, clip_transform, tokenizer, digest = _load_pack(spec, pack_root)
+    else:
+        model, clip_transform = _load_open_clip(spec)
+        tokenizer = open_clip.get_tokenizer(spec.model)
+    model.eval().requires_grad_(False)
+    if pack_root is None:
+        digest = state_digest(model)  # a pack's digest already covers its weights, config and tokenizer
+    model.to(target)
+    image_size = model.visual.image_size
+    size = int(image_size[0] if isinstance(image_size, tuple | list) else image_size)
+    transform = clip_transform if spec.preprocess == "clip" else _paper_transform(size)
+    return Backbone(
+        spec=spec,
+        model=model,
+        transform=transform,
+        tokenizer=tokenizer,
+        device=target,
+        weights_digest=digest,
+        image_size=size,
+        embed_dim=_embed_dim(model),
+    )
+
+
+def _load_open_clip(spec: BackboneSpec) -> tuple[Any, Callable[[Image.Image], torch.Tensor]]:
+    if spec.model not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {spec.model!r} (e.g. ViT-B-32, ViT-B-16, {TINY_MODEL})")
     checkpoint = resolve_weights(spec)
     rng = torch.random.get_rng_state()
     torch.manual_seed(spec.seed)
@@ -242,19 +295,18 @@ def load_backbone(spec: BackboneSpec, device: torch.device | str | None = None) 
         raise WeightsUnavailableError(f"weights {checkpoint} do not fit model {spec.model}: {error}") from error
     finally:
         torch.random.set_rng_state(rng)
-    model.eval().requires_grad_(False)
-    digest = state_digest(model)
-    model.to(target)
-    image_size = model.visual.image_size
-    size = int(image_size[0] if isinstance(image_size, tuple | list) else image_size)
-    transform = clip_transform if spec.preprocess == "clip" else _paper_transform(size)
-    return Backbone(
-        spec=spec,
-        model=model,
-        transform=transform,
-        tokenizer=open_clip.get_tokenizer(spec.model),
-        device=target,
-        weights_digest=digest,
-        image_size=size,
-        embed_dim=int(model.text_projection.shape[1]),
-    )
+    return model, clip_transform
+
+
+def _embed_dim(model: Any) -> int:
+    """The joint embedding width: a CLIP text projection's columns, or a Hugging Face tower's output size."""
+    projection = getattr(model, "text_projection", None)
+    if projection is not None:
+        return int(projection.shape[1])
+    output_dim = getattr(getattr(model, "text", None), "output_dim", None)
+    if isinstance(output_dim, int):
+        return output_dim
+    with torch.inference_mode():
+        image_size = model.visual.image_size
+        side = image_size if isinstance(image_size, int) else image_size[0]
+        return int(model.encode_image(torch.zeros(1, 3, side, side)).shape[-1])
