@@ -14,6 +14,7 @@ raise; ``stop`` (SIGTERM) unwinds through ``AgentStopped`` between or inside wai
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import random
@@ -29,7 +30,7 @@ from fedmedclip.federation.codec import CodecConfig
 from fedmedclip.federation.fam_bytes import fam_from_bytes
 from fedmedclip.federation.run_config import RunConfig
 from fedmedclip.logs import event
-from fedmedclip.privacy.budget import BudgetSpent, RoundPlan, history_from, next_round, plan_sigma
+from fedmedclip.privacy.budget import RoundPlan, history_from, next_round, plan_sigma
 from fedmedclip.privacy.ledger import PrivacyGuarantee, PrivacyLedger
 from hospital_agent.adapters import load_site_images, report_skipped
 from hospital_agent.client import AgentStopped, AggregatorError, FederationClient, Interceptor
@@ -197,6 +198,10 @@ class AgentLoop:
             return
         assert state.fam is not None
         plan: RoundPlan | None = None
+        if self.settings.max_epsilon is not None and not session.config.privacy.record_level:
+            message = "this site requires differential privacy (max_epsilon is set); the run trains without it"
+            self._stop_contributing(session, task.round, message)
+            return
         if session.config.privacy.record_level:
             plan = self._privacy_plan(session, task.round)
             if plan is None:
@@ -361,6 +366,8 @@ class AgentLoop:
     def _privacy_plan(self, session: RunSession, round_number: int) -> RoundPlan | None:
         """This round's DP-SGD plan, or ``None`` after recording that the budget allows no further round."""
         config, state = session.config.privacy, self.state
+        if self.settings.max_epsilon is not None and self.settings.max_epsilon < config.target_epsilon:
+            config = dataclasses.replace(config, target_epsilon=self.settings.max_epsilon)  # the site's own cap
         num_samples = int(session.data.part("train")[1].numel())
         epochs = session.config.train.local_epochs
         if state.privacy.get("sigma") is None:
@@ -369,20 +376,26 @@ class AgentLoop:
         plan = next_round(config, num_samples, float(state.privacy["sigma"]), history, epochs)
         if isinstance(plan, RoundPlan):
             return plan
-        self._stop_contributing(session, round_number, plan)
+        self._stop_contributing(
+            session,
+            round_number,
+            plan.message(),
+            epsilon=round(plan.epsilon_spent, 4),
+            epsilon_next=round(plan.epsilon_next, 4),
+            target_epsilon=plan.target_epsilon,
+        )
         return None
 
-    def _stop_contributing(self, session: RunSession, round_number: int, spent: BudgetSpent) -> None:
-        self.state.privacy["budget_spent"] = spent.message()
+    def _stop_contributing(self, session: RunSession, round_number: int, reason: str, **fields: object) -> None:
+        self.state.privacy["budget_spent"] = reason
         self.store.save(self.state)
         self._event(
             "privacy budget spent; no longer contributing to this run (the last bundle keeps serving)",
             logging.WARNING,
             run=session.run_id,
             round=round_number,
-            epsilon=round(spent.epsilon_spent, 4),
-            epsilon_next=round(spent.epsilon_next, 4),
-            target_epsilon=spent.target_epsilon,
+            reason=reason,
+            **fields,
         )
         self.heartbeat.set(session.run_id, "budget_spent")
         try:  # tell the aggregator now rather than at the next beat, so it stops waiting for this site

@@ -40,14 +40,16 @@ def test_agent_stops_at_the_round_its_budget_cannot_pay_for(aggregator: Aggregat
     train_count = len(split_indices(scan_imagefolder(site_dir).labels, seed=0).train)
     q, delta = min(1.0, BATCH / train_count), 1 / (10 * train_count)
     eps = [library_epsilon(q, STEPS_PER_ROUND * k, delta) for k in (1, 2, 3)]
-    target = (eps[1] + eps[2]) / 2  # two rounds fit, the third would not
-    privacy = PrivacyConfig(mode="record", target_epsilon=target, noise_multiplier=SIGMA, batch_size=BATCH)
+    eps.append(library_epsilon(q, STEPS_PER_ROUND * 4, delta))
+    # The run allows three rounds; the site's own cap (max_epsilon) only two: the site's budget decides.
+    run_target, site_cap = (eps[2] + eps[3]) / 2, (eps[1] + eps[2]) / 2
+    privacy = PrivacyConfig(mode="record", target_epsilon=run_target, noise_multiplier=SIGMA, batch_size=BATCH)
     token = aggregator.enrol(SITE)
     run_id = aggregator.start_run(
         tiny_run(rounds=4, train=TrainConfig(local_epochs=1, head_hidden=128), privacy=privacy)
     )
     work = aggregator.workdir / SITE
-    config = write_agent_config(work, SITE, aggregator.target, site_dir, log_format="json")
+    config = write_agent_config(work, SITE, aggregator.target, site_dir, log_format="json", max_epsilon=site_cap)
     log = aggregator.workdir / "agent.log"
     agent = subprocess.Popen(
         [sys.executable, "-m", "hospital_agent", "run", "--config", str(config)],
@@ -102,6 +104,7 @@ def test_agent_stops_at_the_round_its_budget_cannot_pay_for(aggregator: Aggregat
     stops = [e for e in events if e["event"].startswith("privacy budget spent")]
     assert len(stops) == 1 and stops[0]["round"] == 3, stops
     assert stops[0]["epsilon"] == pytest.approx(eps[1], abs=1e-4)
+    assert stops[0]["target_epsilon"] == pytest.approx(site_cap)
     assert not [e for e in events if e["event"] == "round trained" and e.get("round", 0) >= 3]
     assert status_cli.returncode == 0, status_cli.stderr
     assert "privacy budget spent" in json.loads(status_cli.stdout)["privacy"]
