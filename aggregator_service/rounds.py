@@ -265,9 +265,8 @@ class RoundEngine:
             "dp_site_clip_next": record.next_clip,
             "dp_site_clipped": float(record.clipped_sites),
         }
-        event(
-            log, "site-level DP round", run=run.id, round=current.number, **{k: round(v, 6) for k, v in metrics.items()}
-        )
+        fields: dict[str, object] = {k: round(v, 6) for k, v in metrics.items()}
+        event(log, "site-level DP round", logging.INFO, run=run.id, round=current.number, **fields)
         return {name: torch.from_numpy(value) for name, value in new_state.items()}, metrics
 
     def _state(self, version: int, dim: int) -> dict[str, torch.Tensor]:
