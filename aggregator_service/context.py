@@ -13,6 +13,7 @@ import torch
 
 from aggregator_service.metrics import Metrics
 from aggregator_service.notifier import Notifier
+from aggregator_service.secure_rounds import SecureRegistry
 from aggregator_service.store.base import Store
 from fedmedclip.federation.aggregate import SiteUpdate
 
@@ -142,6 +143,7 @@ class Services:
     clock: Callable[[], datetime] = utc_now
     pending: PendingUpdates = field(default_factory=PendingUpdates)
     models: FamCache = field(default_factory=FamCache)
+    secure: SecureRegistry = field(default_factory=SecureRegistry)  # secure rounds' key phases, memory only
     long_polls: Slots = field(init=False)
     _touched: dict[int, float] = field(default_factory=dict, init=False)
     _touch_lock: threading.Lock = field(default_factory=threading.Lock, init=False)

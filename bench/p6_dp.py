@@ -7,7 +7,7 @@ time per round against non-private training, measured side by side in one run (s
     python bench/p6_dp.py --quick    # tiny model, for tests
 
 Each site calibrates its noise multiplier so that all rounds fit the target ε at δ = 1/(10·N) (dp-accounting,
-RDP, Poisson sampling); the FAM trains by DP-SGD and the private head without noise (docs/design.md §3.13).
+RDP, Poisson sampling); the FAM trains by DP-SGD and the private head without noise (docs/design.md §3.15).
 Results: stdout and ``bench/results/p6.json`` (key ``p6_dp_accuracy_cost_pt_eps8``: non-private minus ε = 8
 accuracy, in points, mean over seeds; goal ≤ 3 pt).
 """

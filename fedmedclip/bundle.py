@@ -48,6 +48,7 @@ from fedmedclip.model.head import DEFAULT_HIDDEN, build_head
 from fedmedclip.model.personalised import PersonalisedClassifier
 from fedmedclip.model.prompts import render_prompts
 from fedmedclip.privacy.ledger import PrivacyGuarantee
+from fedmedclip.training.calibration import Calibration
 
 FORMAT = "fedmedclip-bundle"
 FORMAT_VERSION = 1
@@ -102,14 +103,19 @@ class Bundle:
     metrics: dict[str, float] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)  # file name → sha256, as in the manifest
     path: Path | None = None
-    # Differential privacy of the FAM and the head for this site's records (docs/design.md §7, §6.4);
+    # Differential privacy of the FAM and the head for this site's records (docs/design.md §7, §6.5);
     # None: no formal guarantee (DP off, or a bundle written before the ledger existed).
     fam_privacy: PrivacyGuarantee | None = None
     head_privacy: PrivacyGuarantee | None = None
+    calibration: Calibration | None = None  # None: an older bundle, or too little validation data to fit
 
     @property
     def has_head(self) -> bool:
         return self.head_state is not None
+
+    @property
+    def temperature(self) -> float:
+        return self.calibration.temperature if self.calibration is not None else 1.0
 
     def classifier(self, device: torch.device | str = "cpu") -> PersonalisedClassifier:
         """The site's ensemble classifier ready for ``predict(raw CLIP embeddings)``."""
@@ -120,6 +126,7 @@ class Bundle:
             self.backbone.logit_scale,
             self.head_state,
             head_hidden=self.head_hidden,
+            temperature=self.temperature,
         ).to(device)
 
 
@@ -159,6 +166,18 @@ class _HeadModel(_FileModel):
     privacy: _PrivacyModel | None = None
 
 
+class _CalibrationModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    method: str
+    temperature: float
+    samples: int
+    split: str
+    ece_before: float
+    ece_after: float
+    nll_before: float
+    nll_after: float
+
+
 class _ManifestModel(BaseModel):
     # Unknown keys are ignored so that a newer writer with the same FORMAT_VERSION stays readable.
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -174,6 +193,7 @@ class _ManifestModel(BaseModel):
     head: _HeadModel | None
     prototypes: _FileModel
     metrics: dict[str, float]
+    calibration: _CalibrationModel | None = None  # absent in bundles written before calibration existed
 
 
 # --- names and the pointer file ----------------------------------------------------------------------------
@@ -280,14 +300,17 @@ def write_bundle(
     make_current: bool = True,
     fam_privacy: PrivacyGuarantee | None = None,
     head_privacy: PrivacyGuarantee | None = None,
+    calibration: Calibration | None = None,
 ) -> Bundle:
     """Publish a new bundle version for ``site`` and (by default) make it ``current``; return it verified.
 
     The agent calls this after each round with the global FAM it trained from (``fam_version`` as the
     aggregator numbers it), its private head (``None`` for a site without one: zero-shot only), its class
     list, prompt templates and text prototypes. ``version`` defaults to :func:`default_version`. Versions are
-    immutable: an existing name raises ``BundleError``. Invalid inputs raise ``ValueError`` before anything
-    touches the disk; the new folder is read back and verified before ``current`` is switched.
+    immutable: an existing name raises ``BundleError``. ``calibration`` (the temperature fitted on the site's
+    validation split, with ECE before and after) goes into the manifest; the API applies it. Invalid inputs
+    raise ``ValueError`` before anything touches the disk; the new folder is read back and verified before
+    ``current`` is switched.
     """
     record = BackboneRecord.of(backbone) if isinstance(backbone, Backbone) else backbone
     check_name("site", site)
@@ -348,6 +371,7 @@ def write_bundle(
             else None,
             "prototypes": {"sha256": digests[PROTOTYPES_FILE]},
             "metrics": manifest_metrics,
+            "calibration": calibration.to_dict() if calibration is not None else None,
         }
         _write_file(staging / MANIFEST_FILE, json.dumps(manifest, indent=2, allow_nan=False).encode())
         fsync_dir(staging)
@@ -424,6 +448,12 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
         spec.embed_dim,
         spec.logit_scale,
     )
+    calibration = None
+    if manifest.calibration is not None:
+        try:
+            calibration = Calibration(**manifest.calibration.model_dump())
+        except ValueError as error:
+            raise BundleError(folder, f"{MANIFEST_FILE} calibration is invalid: {error}") from error
     digests = {FAM_FILE: manifest.fam.sha256, PROTOTYPES_FILE: manifest.prototypes.sha256}
     if manifest.head is not None:
         digests[HEAD_FILE] = manifest.head.sha256
@@ -444,6 +474,7 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
         path=folder,
         fam_privacy=_guarantee(folder, manifest.fam.privacy),
         head_privacy=_guarantee(folder, manifest.head.privacy if manifest.head is not None else None),
+        calibration=calibration,
     )
 
 

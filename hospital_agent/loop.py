@@ -36,12 +36,14 @@ from hospital_agent.adapters import load_site_images, report_skipped
 from hospital_agent.client import AgentStopped, AggregatorError, FederationClient, Interceptor
 from hospital_agent.heartbeat import Heartbeat
 from hospital_agent.publish import publish_bundle
+from hospital_agent.secure_round import SecurePhases
 from hospital_agent.session import RunSession, prepare_session
 from hospital_agent.settings import AgentSettings, ConfigError
 from hospital_agent.state import AgentState, PendingUpdate, StateStore
 from hospital_agent.trainer import (
     compatible_head,
     evaluate,
+    fit_calibration,
     majority_rate,
     resolve_device,
     train_round,
@@ -74,6 +76,7 @@ class AgentLoop:
         self.heartbeat = Heartbeat(self.client, settings.heartbeat_s, self.stop)
         self.state = AgentState(site=self.site)
         self._session: RunSession | None = None
+        self.secure = SecurePhases(self)  # a secure round's secrets, in memory for that round only
 
     # --- the service ------------------------------------------------------------------------------------
 
@@ -150,8 +153,10 @@ class AgentLoop:
             elif isinstance(task, m.DoneTask):
                 self._finish(session, task)
                 return
-            else:
+            elif isinstance(task, m.TrainTask):
                 self._train(session, task)
+            else:  # a phase of a secure round (docs/design.md §4.6)
+                self.secure.handle(session, task)
 
     # --- per run ----------------------------------------------------------------------------------------
 
@@ -173,7 +178,7 @@ class AgentLoop:
         if state.run_id != session.run_id:
             self._event("run joined", run=session.run_id, previous=state.run_id or None, rounds=session.config.rounds)
             state.run_id, state.run_done, state.residual, state.last_round = session.run_id, False, None, 0
-            state.privacy = {}  # the budget is per run (docs/design.md §3.13)
+            state.privacy = {}  # the budget is per run (docs/design.md §3.15)
             if state.pending is not None:
                 self._event("update of a finished run dropped", logging.WARNING, run=state.pending.run_id)
                 state.pending = None
@@ -197,15 +202,9 @@ class AgentLoop:
             self._submit_pending()
             return
         assert state.fam is not None
-        plan: RoundPlan | None = None
-        if self.settings.max_epsilon is not None and not session.config.privacy.record_level:
-            message = "this site requires differential privacy (max_epsilon is set); the run trains without it"
-            self._stop_contributing(session, task.round, message)
+        allowed, plan = self._privacy_gate(session, task.round)
+        if not allowed:
             return
-        if session.config.privacy.record_level:
-            plan = self._privacy_plan(session, task.round)
-            if plan is None:
-                return
         self.heartbeat.set(session.run_id, "training", task.round)
         self._event("training", run=session.run_id, round=task.round, version=task.fam_version)
         outcome = train_round(
@@ -241,7 +240,7 @@ class AgentLoop:
             run_id=session.run_id,
             round=task.round,
             base_version=task.fam_version,
-            # Under DP with uniform weighting N is not needed, so it is not sent (docs/design.md §3.13).
+            # Under DP with uniform weighting N is not needed, so it is not sent (docs/design.md §3.15).
             num_samples=1 if plan is not None and session.config.weighting == "uniform" else outcome.num_samples,
             metrics=outcome.report,
             codec=session.config.codec.to_dict(),
@@ -250,10 +249,7 @@ class AgentLoop:
             residual=outcome.residual,
             privacy=None if outcome.privacy is None else outcome.privacy.to_dict(),
         )
-        if plan is not None:  # charged in the same commit as the update that spends it: never twice, never lost
-            history = state.privacy.setdefault("history", [])
-            history.append({"sample_rate": plan.sample_rate, "sigma": plan.sigma, "steps": plan.steps})
-            state.privacy["ledger"] = plan.ledger.to_dict()
+        self._charge(plan)  # in the same commit as the update that spends it: never twice, never lost
         self.store.save(state)
         self._submit_pending()
 
@@ -323,6 +319,16 @@ class AgentLoop:
             session.head_hidden,
         )
         metrics["majority_acc"] = majority_rate(labels)  # local only: the bar "above chance" means
+        calibration = fit_calibration(
+            features,
+            labels,
+            session.data.classes,
+            session.prototypes,
+            session.record.logit_scale,
+            state.fam,
+            state.head,
+            session.head_hidden,
+        )
         bundle = publish_bundle(
             self.settings.bundle_root,
             self.site,
@@ -338,6 +344,7 @@ class AgentLoop:
             keep=self.settings.keep_bundles,
             run_id=session.run_id,
             fam_privacy=self._fam_guarantee(session),
+            calibration=calibration,
         )
         state.metrics, state.metrics_version, state.bundle_version = metrics, version, bundle.version
         self.store.save(state)
@@ -362,6 +369,28 @@ class AgentLoop:
 
     def _budget_spent(self) -> bool:
         return bool(self.state.privacy.get("budget_spent"))
+
+    def _privacy_gate(self, session: RunSession, round_number: int) -> tuple[bool, RoundPlan | None]:
+        """Whether this site may take part in the round, and its DP-SGD plan under record-level DP.
+
+        Used by plain and secure rounds alike (docs/design.md §6.5): the site's budget decides either way.
+        """
+        if self.settings.max_epsilon is not None and not session.config.privacy.record_level:
+            message = "this site requires differential privacy (max_epsilon is set); the run trains without it"
+            self._stop_contributing(session, round_number, message)
+            return False, None
+        if not session.config.privacy.record_level:
+            return True, None
+        plan = self._privacy_plan(session, round_number)
+        return plan is not None, plan
+
+    def _charge(self, plan: RoundPlan | None) -> None:
+        """Record the round's privacy cost in the state; the caller saves it before anything leaves the site."""
+        if plan is None:
+            return
+        history = self.state.privacy.setdefault("history", [])
+        history.append({"sample_rate": plan.sample_rate, "sigma": plan.sigma, "steps": plan.steps})
+        self.state.privacy["ledger"] = plan.ledger.to_dict()
 
     def _privacy_plan(self, session: RunSession, round_number: int) -> RoundPlan | None:
         """This round's DP-SGD plan, or ``None`` after recording that the budget allows no further round."""

@@ -74,7 +74,7 @@ class AgentState:
     bundle_version: str = ""
     pending: PendingUpdate | None = None
     updated_at: str = ""
-    # Record-level DP of the current run (docs/design.md §3.13): "sigma", "history" (one entry of
+    # Record-level DP of the current run (docs/design.md §3.15): "sigma", "history" (one entry of
     # sample_rate, sigma, steps per round the budget was charged for), "ledger" (the latest guarantee) and
     # "budget_spent" (why the site stopped contributing; empty while it still may).
     privacy: dict[str, Any] = field(default_factory=dict)

@@ -30,6 +30,7 @@ from fedmedclip.model.prompts import DEFAULT_TEMPLATES
 from fedmedclip.privacy.budget import RoundPlan
 from fedmedclip.privacy.dp_round import DpSgdPlan, train_private_round
 from fedmedclip.privacy.ledger import PrivacyLedger
+from fedmedclip.training.calibration import Calibration, fit_temperature
 from fedmedclip.training.local_round import train_local_round
 from fedmedclip.training.metrics import ensemble_report
 
@@ -168,6 +169,23 @@ def evaluate(
     return {name: float(report[name]) for name in REPORTED if name in report}
 
 
+def fit_calibration(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    classes: Sequence[str],
+    prototypes: torch.Tensor,
+    logit_scale: float,
+    fam: dict[str, torch.Tensor],
+    head: dict[str, torch.Tensor] | None,
+    head_hidden: int,
+) -> Calibration | None:
+    """The ensemble's temperature fitted on the validation split (``None``: too few images to fit one)."""
+    if labels.numel() == 0:
+        return None
+    classifier = PersonalisedClassifier(classes, fam, prototypes, logit_scale, head, head_hidden)
+    return fit_temperature(classifier.predict(features).probs, labels, split="val")
+
+
 def majority_rate(labels: torch.Tensor) -> float:
     """Accuracy of always predicting the split's most common class: the bar "above chance" means."""
     if labels.numel() == 0:
@@ -187,6 +205,7 @@ class RoundOutcome:
     seconds: float
     privacy: PrivacyLedger | None = None  # the guarantee after this round under record-level DP
     validation: dict[str, float] | None = None  # local validation of the round (logged, sent only without DP)
+    fam: dict[str, torch.Tensor] | None = None  # the local FAM after the round (secure rounds encode from it)
 
 
 def train_round(
@@ -205,7 +224,7 @@ def train_round(
 ) -> RoundOutcome:
     """One local round from ``global_fam``; the update is ``Δ + residual`` encoded with the run's codec.
 
-    With a ``privacy`` plan the FAM trains by DP-SGD (docs/design.md §3.13) and the header carries only the
+    With a ``privacy`` plan the FAM trains by DP-SGD (docs/design.md §3.15) and the header carries only the
     privacy ledger: train losses and validation accuracies are un-noised functions of the records, so under
     DP they stay in the site's log.
     """
@@ -268,4 +287,5 @@ def train_round(
         seconds=time.perf_counter() - started,
         privacy=None if privacy is None else privacy.ledger,
         validation=local_report,
+        fam=local_fam,
     )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import anyio.to_thread
 import torch
 
-from fedmedclip.bundle import list_versions
+from fedmedclip.bundle import Bundle, list_versions
 from fedmedclip.model.ensemble import EnsembleOutput
 from fedmedclip.privacy.ledger import PrivacyGuarantee, describe
 from inference_api.batcher import MicroBatcher
@@ -119,6 +119,8 @@ async def predict(services: Services, site: str, uploads: Sequence[Upload]) -> P
         bundle_version=bundle.version,
         fam_version=bundle.fam_version,
         classes=list(bundle.classes),
+        calibrated=bundle.calibration is not None,
+        warning=clinical_warning(bundle),
         predictions=[_prediction(bundle.classes, output, i, u.filename) for i, u in enumerate(uploads)],
     )
 
@@ -145,6 +147,18 @@ def _finite(value: float) -> float:
     return value if math.isfinite(value) else 0.0
 
 
+def clinical_warning(bundle: Bundle | None) -> str | None:
+    """The "not for clinical use" line the page shows, or ``None`` when the bundle deserves no such warning."""
+    if bundle is None:
+        return None
+    reasons = []
+    if bundle.backbone.spec.is_random:
+        reasons.append("the CLIP backbone is randomly initialised, not pretrained")
+    if bundle.calibration is None:
+        reasons.append("the probabilities are not calibrated")
+    return f"Not for clinical use: {'; '.join(reasons)}." if reasons else None
+
+
 def _summary(state: SiteState) -> SiteSummary:
     bundle = state.loaded.bundle if state.loaded is not None else None
     return SiteSummary(
@@ -153,6 +167,9 @@ def _summary(state: SiteState) -> SiteSummary:
         version=bundle.version if bundle else None,
         classes=list(bundle.classes) if bundle else [],
         has_head=bool(bundle and bundle.has_head),
+        calibrated=bool(bundle and bundle.calibration is not None),
+        random_init_backbone=bool(bundle and bundle.backbone.spec.is_random),
+        warning=clinical_warning(bundle),
     )
 
 
@@ -175,6 +192,7 @@ def describe_site(services: Services, site: str) -> SiteDetail:
         prompts=list(bundle.prompts) if bundle else [],
         metrics=dict(bundle.metrics) if bundle else {},
         backbone=bundle.backbone.spec.describe() if bundle else None,
+        calibration=bundle.calibration.to_dict() if bundle and bundle.calibration else None,
         last_error=state.error,
         privacy=SitePrivacy(fam=_privacy(bundle.fam_privacy), head=_privacy(bundle.head_privacy)) if bundle else None,
     )

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fedmedclip.federation.aggregate import Weighting
 from fedmedclip.federation.codec import CodecConfig
 from fedmedclip.privacy.config import PrivacyConfig
+from fedmedclip.secagg.config import SecureAggregationConfig
 from fedmedclip.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -70,7 +71,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     prompt_templates: tuple[str, ...] = ()  # empty: the library default templates
-    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # differential privacy (§3.13); off by default
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # differential privacy (§3.15); off by default
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
 
     def __post_init__(self) -> None:
         problems = []
@@ -118,6 +120,7 @@ class RunConfig:
             "codec": self.codec.to_dict(),
             "prompt_templates": list(self.prompt_templates),
             "privacy": self.privacy.to_dict(),
+            "secure_aggregation": self.secure_aggregation.to_dict(),
         }
 
     @classmethod
@@ -141,6 +144,8 @@ class RunConfig:
             values["codec"] = CodecConfig.from_dict(values["codec"])
         if isinstance(values.get("privacy"), Mapping):
             values["privacy"] = PrivacyConfig.from_dict(values["privacy"])
+        if isinstance(values.get("secure_aggregation"), Mapping):
+            values["secure_aggregation"] = SecureAggregationConfig.from_dict(values["secure_aggregation"])
         if "prompt_templates" in values:
             values["prompt_templates"] = tuple(values["prompt_templates"] or ())
         try:

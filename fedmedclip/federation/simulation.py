@@ -49,7 +49,7 @@ class SimulationConfig:
     weighting: Literal["samples", "uniform"] = "samples"
     aggregate: bool = True  # False: each site keeps its own FAM (the "no aggregation" ablation)
     seed: int = 0
-    # Record-level DP (docs/design.md §3.13): each site plans σ for all rounds and trains its FAM by DP-SGD.
+    # Record-level DP (docs/design.md §3.15): each site plans σ for all rounds and trains its FAM by DP-SGD.
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 

@@ -21,8 +21,8 @@ STE_WINDOW = 1.0
 class _StraightThroughStep(torch.autograd.Function):
     """Heaviside step forward; identity gradient inside ``|x| <= STE_WINDOW`` backward.
 
-    Written in the ``setup_context`` form with a generated vmap rule, so ``torch.func`` transforms
-    (per-sample gradients for differential privacy, docs/design.md §3.13) can run through it.
+    Written in the ``setup_context`` style with a generated vmap rule so ``torch.func.vmap`` can batch it:
+    the simulator trains a shard of sites' stacked FAMs at once through this same module code.
     """
 
     generate_vmap_rule = True

@@ -1,4 +1,4 @@
-"""ε from Google's ``dp-accounting`` RDP accountant, for Poisson-sampled Gaussian steps (docs/design.md §3.13).
+"""ε from Google's ``dp-accounting`` RDP accountant, for Poisson-sampled Gaussian steps (docs/design.md §3.15).
 
 Torch-free (the aggregator's site-level accountant uses it too). Every ε this project reports comes from
 here: the steps a site ran are composed afresh each time, so the number is exactly what the library says

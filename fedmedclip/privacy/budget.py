@@ -1,6 +1,6 @@
 """A site's privacy budget: plan each round's DP-SGD, account for it, refuse the round that would overspend.
 
-Torch-free (docs/design.md §3.13). The site is the authority on its own budget: it plans σ, q and the step
+Torch-free (docs/design.md §3.15). The site is the authority on its own budget: it plans σ, q and the step
 count from the run's ``PrivacyConfig`` and its own N, keeps the history of rounds it spent budget on, and
 asks ``next_round`` before each round whether the round still fits ``target_epsilon``.
 """

@@ -1,4 +1,4 @@
-"""A run's differential-privacy settings (docs/design.md §3.13, §3.14). Torch-free: the aggregator reads them."""
+"""A run's differential-privacy settings (docs/design.md §3.15, §3.16). Torch-free: the aggregator reads them."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Site-level DP-FedAvg with adaptive clipping (Andrew et al. 2021), for a trusted aggregator in plain mode.
 
-numpy only: the aggregator runs without torch (docs/design.md §3.14). One round, given the current global
+numpy only: the aggregator runs without torch (docs/design.md §3.16). One round, given the current global
 FAM, every participating site's dense update Δₖ and the clip bound Cₜ:
 
     Δ̃ₖ = Δₖ · min(1, Cₜ/‖Δₖ‖)                  each site's whole update clipped (all FAM tensors jointly)

@@ -1,4 +1,4 @@
-"""A record-level differentially private local round (docs/design.md §3.13).
+"""A record-level differentially private local round (docs/design.md §3.15).
 
 The FAM, the only thing that leaves the site, trains by DP-SGD: Poisson sampling at rate q, per-sample
 gradients of the per-sample-decomposable prototype loss clipped to C, Gaussian noise σ·C on their sum.

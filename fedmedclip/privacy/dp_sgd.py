@@ -1,4 +1,4 @@
-"""DP-SGD pieces for the FAM: exact per-sample gradients, clipping to C, Gaussian noise (docs/design.md §3.13).
+"""DP-SGD pieces for the FAM: exact per-sample gradients, clipping to C, Gaussian noise (docs/design.md §3.15).
 
 Per-sample gradients come from ``torch.func`` (``vmap`` of ``grad`` over ``functional_call``). Opacus would
 compute the FAM's per-sample gradients through the same functorch route, because the FAM's layers are custom

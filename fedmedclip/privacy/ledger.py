@@ -1,4 +1,4 @@
-"""The privacy ledger: what a site states about the FAM update it sends (docs/design.md §6.4). Torch-free."""
+"""The privacy ledger: what a site states about the FAM update it sends (docs/design.md §6.5). Torch-free."""
 
 from __future__ import annotations
 

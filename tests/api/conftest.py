@@ -10,12 +10,16 @@ from fastapi.testclient import TestClient
 
 from fedmedclip.model.backbone import Backbone, BackboneSpec
 from fedmedclip.privacy.ledger import PrivacyGuarantee
+from fedmedclip.training.calibration import Calibration
 from inference_api.app import create_app
 from inference_api.keys import hash_key
 from inference_api.settings import ApiKeyConfig, ApiSettings
 from tests.bundle.factory import publish
 
 SITE_B_CLASSES = ("normal", "pneumonia")
+SITE_B_CALIBRATION = Calibration(
+    temperature=1.7, samples=40, ece_before=0.21, ece_after=0.06, nll_before=0.9, nll_after=0.6
+)
 KEYS = {"a": "fmc_test-key-site-a", "b": "fmc_test-key-site-b", "all": "fmc_test-key-all-sites"}
 MAX_IMAGES = 4
 MAX_BYTES = 1024 * 1024
@@ -33,9 +37,10 @@ SITE_B_EPSILON = 3.0
 
 
 def populate(root: Path, backbone: Backbone) -> None:
-    """site-a (3 classes), site-b (2 classes, another head, trained with DP), site-empty (no bundle yet)."""
+    """site-a (3 classes, uncalibrated, no DP), site-b (2 classes, another head, calibrated, trained with
+    record-level DP), site-empty (a folder, no bundle yet)."""
     publish(root, "site-a", backbone, version="v0001", fam_version=4)
-    site_b_privacy = PrivacyGuarantee(SITE_B_EPSILON, 1e-5)  # site-b trained with record-level DP
+    site_b_privacy = PrivacyGuarantee(SITE_B_EPSILON, 1e-5)
     publish(
         root,
         "site-b",
@@ -45,6 +50,7 @@ def populate(root: Path, backbone: Backbone) -> None:
         seed=1,
         fam_version=4,
         fam_privacy=site_b_privacy,
+        calibration=SITE_B_CALIBRATION,
     )
     (root / "site-empty").mkdir()
 

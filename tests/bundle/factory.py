@@ -12,6 +12,7 @@ from fedmedclip.model.backbone import Backbone
 from fedmedclip.model.fam import build_fam, fam_state
 from fedmedclip.model.prompts import DEFAULT_TEMPLATES
 from fedmedclip.privacy.ledger import PrivacyGuarantee
+from fedmedclip.training.calibration import Calibration
 from fedmedclip.training.config import TrainConfig
 from fedmedclip.training.local_round import RoundResult, train_local_round
 
@@ -63,6 +64,7 @@ def publish(
     with_head: bool = True,
     make_current: bool = True,
     fam_privacy: PrivacyGuarantee | None = None,
+    calibration: Calibration | None = None,
 ) -> Bundle:
     """Train and publish one bundle version the way the agent will."""
     result, prototypes = train_site(backbone, classes, seed)
@@ -81,4 +83,5 @@ def publish(
         version=version,
         make_current=make_current,
         fam_privacy=fam_privacy,
+        calibration=calibration,
     )

@@ -22,6 +22,8 @@ TOP_LEVEL_KEYS = (
     "p5_round_close_ms",
     "p6_dp_accuracy_cost_pt_eps8",
     "p6_dp_time_ratio_eps8",
+    "p8_secagg_upload_bytes",
+    "p8_secagg_round_overhead_100_sites",
 )
 
 
@@ -68,6 +70,20 @@ GOALS = (
         lambda v: v <= 3.0,
         "{:+.2f} pt".format,
     ),
+    Goal(
+        "p8_secagg_upload_bytes",
+        "P8 secure upload per site, 100 sites, ρ 0.2",
+        "≤ 256 KiB",
+        lambda v: v <= 262144,
+        _kib,
+    ),
+    Goal(
+        "p8_secagg_round_overhead_100_sites",
+        "P8 secure / plain round compute, 100 sites",
+        "reported",
+        lambda v: v > 0,
+        "{:.2f}×".format,
+    ),
 )
 
 
@@ -97,7 +113,7 @@ def assemble(
         for key in TOP_LEVEL_KEYS:
             value = data.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):
-                latest[key] = float(value) if key != "p1_upload_bytes" else int(value)
+                latest[key] = float(value) if key not in ("p1_upload_bytes", "p8_secagg_upload_bytes") else int(value)
     latest["machine"] = machine
     latest["goals"] = {
         goal.key: {
