@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 
-sites_app = typer.Typer(help="Enrol, list and revoke hospital sites.", no_args_is_help=True)
+sites_app = typer.Typer(help="Enrol, list, revoke hospital sites and rotate their tokens.", no_args_is_help=True)
 runs_app = typer.Typer(help="Start, stop and inspect federated runs.", no_args_is_help=True)
 versions_app = typer.Typer(help="List and export FAM versions.", no_args_is_help=True)
 
@@ -112,6 +112,34 @@ def sites_revoke(
     client = _client(config, server, insecure_loopback)
     _call(lambda: client.revoke_site(name, reason))
     typer.echo(f"revoked site {name!r}")
+
+
+@sites_app.command("rotate")
+def sites_rotate(
+    name: Annotated[str, typer.Argument(help="The site whose token to replace.")],
+    grace: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Seconds the old token keeps working (0: stops now). Default: the aggregator's site_token_grace_s "
+            "(one day unless configured).",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    server: ServerOption = None,
+    insecure_loopback: InsecureOption = None,
+) -> None:
+    """Issue a new token for a site and print it (shown once). The old token keeps working for the grace
+    period, so the site can switch without missing a round; then it stops."""
+    client = _client(config, server, insecure_loopback)
+    reply = _call(lambda: client.rotate_site_token(name, grace))
+    until = reply.previous_token_expires_at
+    old = f"the old token works until {_when(until)}" if until is not None else "the old token no longer works"
+    typer.secho(
+        f"new token for site {reply.site.name!r} follows ({old}). Store it now: it cannot be shown again.", err=True
+    )
+    typer.echo(reply.token)
 
 
 # --- runs ---------------------------------------------------------------------------------------------

@@ -120,6 +120,11 @@ class AdminClient:
         request = serde.revoke_site_request_to_proto(m.RevokeSiteRequest(name, reason))
         return self._call(self._stub.RevokeSite, request, serde.revoke_site_reply_from_proto).site
 
+    def rotate_site_token(self, name: str, grace_s: float | None = None) -> m.RotateSiteTokenReply:
+        """A new token for the site (shown only this once); the old one works ``grace_s`` more seconds."""
+        request = serde.rotate_site_token_request_to_proto(m.RotateSiteTokenRequest(name, grace_s))
+        return self._call(self._stub.RotateSiteToken, request, serde.rotate_site_token_reply_from_proto)
+
     def _options(self) -> dict[str, Any]:
         return {"metadata": self._metadata, "timeout": self._timeout}
 

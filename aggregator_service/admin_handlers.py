@@ -1,4 +1,4 @@
-"""The Admin service's logic as plain functions: runs, run status, FAM versions, site enrolment.
+"""The Admin service's logic as plain functions: runs, run status, FAM versions, site enrolment and tokens.
 
 They take plain values and return ``fedmedclip.federation.messages`` records (no gRPC, no protobuf, no SQL).
 Every mutation is written to the audit log as the admin's action; refusals are audited by the transport.
@@ -13,7 +13,7 @@ from datetime import timedelta
 from aggregator_service import auth
 from aggregator_service.audit import audit_ok
 from aggregator_service.context import Services
-from aggregator_service.errors import FailedPrecondition, NotFound
+from aggregator_service.errors import FailedPrecondition, InvalidArgument, NotFound
 from aggregator_service.federation_handlers import ModelBlob, get_model, run_or_not_found
 from aggregator_service.logs import event
 from aggregator_service.rounds import weighted_metrics
@@ -181,6 +181,26 @@ def revoke_site(svc: Services, name: str, reason: str) -> m.Site:
     event(log, "site revoked", site=name, discarded_updates=len(discarded))
     svc.notifier.notify()  # one site fewer may complete the round
     return _site(site)
+
+
+MAX_TOKEN_GRACE_S = 90 * 86_400.0  # a replaced token that outlives a quarter is no longer "rotated"
+
+
+def rotate_site_token(svc: Services, name: str, grace_s: float | None) -> m.RotateSiteTokenReply:
+    """Issue a new token for ``name``; the replaced one keeps working for ``grace_s`` (default: settings).
+
+    The grace period lets a site switch to the new token without missing a round; only one replaced token
+    is kept, so rotating again inside a grace period ends the older token at once.
+    """
+    grace = svc.limits.site_token_grace_s if grace_s is None else grace_s
+    if not 0 <= grace <= MAX_TOKEN_GRACE_S:
+        raise InvalidArgument(f"grace period must be between 0 and {MAX_TOKEN_GRACE_S:.0f} seconds, got {grace}")
+    token = auth.new_site_token()
+    now = svc.clock()
+    site = svc.store.rotate_site_token(name, auth.hash_token(token), now + timedelta(seconds=grace), now)
+    audit_ok(svc, "RotateSiteToken", f"new token issued; the previous one works for {grace:.0f} s more", site=name)
+    event(log, "site token rotated", site=name, grace_s=grace)
+    return m.RotateSiteTokenReply(_site(site), token, site.previous_token_expires_at)
 
 
 # --- store records -> protocol records ------------------------------------------------------------------

@@ -60,7 +60,7 @@ def authenticate_site(svc: Services, token: str) -> SiteRecord:
 
     The lookup is by the token's SHA-256, so its timing says nothing about the token itself.
     """
-    site = svc.store.site_by_token_hash(hash_token(token))
+    site = svc.store.site_by_token_hash(hash_token(token), svc.clock())
     if site is None:
         if same_secret(token, svc.admin_token):
             raise PermissionDenied("the admin credential cannot act as a site; use a site token")
@@ -73,6 +73,6 @@ def authenticate_site(svc: Services, token: str) -> SiteRecord:
 def authenticate_admin(svc: Services, token: str) -> None:
     if same_secret(token, svc.admin_token):
         return
-    if svc.store.site_by_token_hash(hash_token(token)) is not None:
+    if svc.store.site_by_token_hash(hash_token(token), svc.clock()) is not None:
         raise PermissionDenied("site credentials cannot call Admin RPCs")
     raise Unauthenticated("unknown admin credential")

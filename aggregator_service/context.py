@@ -32,6 +32,7 @@ class Limits:
     touch_interval_s: float = 15.0  # last_seen is written at most this often per site (except Join)
     max_metrics: int = 32  # metric keys per update
     max_metric_name: int = 64
+    site_token_grace_s: float = 86_400.0  # `sites rotate`: how long a replaced token keeps working by default
 
 
 class Slots:
@@ -143,6 +144,8 @@ class Services:
     clock: Callable[[], datetime] = utc_now
     pending: PendingUpdates = field(default_factory=PendingUpdates)
     models: FamCache = field(default_factory=FamCache)
+    # Set while this process may serve: always on SQLite; on PostgreSQL only while it holds the leader lease.
+    leading: threading.Event = field(default_factory=threading.Event)
     secure: SecureRegistry = field(default_factory=SecureRegistry)  # secure rounds' key phases, memory only
     long_polls: Slots = field(init=False)
     _touched: dict[int, float] = field(default_factory=dict, init=False)
@@ -150,6 +153,7 @@ class Services:
 
     def __post_init__(self) -> None:
         self.long_polls = Slots(self.limits.max_long_polls)
+        self.leading.set()
 
     def should_touch(self, site_id: int) -> bool:
         """Rate-limit ``last_seen`` writes: a poll every second must not become a write every second."""

@@ -43,3 +43,9 @@ class NotFound(ServiceError):  # noqa: N818 - named after its gRPC status code
 
 class AlreadyExists(ServiceError):  # noqa: N818 - named after its gRPC status code
     code = "ALREADY_EXISTS"
+
+
+class Unavailable(ServiceError):  # noqa: N818 - named after its gRPC status code
+    """This process cannot serve now (a standby, or a leader that lost its lease): clients try elsewhere."""
+
+    code = "UNAVAILABLE"

@@ -17,9 +17,11 @@ from grpc_health.v1 import health
 from prometheus_client import start_http_server
 from sqlalchemy.engine import make_url
 
-from aggregator_service.context import Limits, Services
+from aggregator_service.context import Limits, PendingUpdates, Services
+from aggregator_service.leadership import Elector, Lease, hold_sqlite_lock, new_holder_id, refuse_writes
 from aggregator_service.logs import event
 from aggregator_service.rounds import RoundEngine
+from aggregator_service.secure_rounds import SecureRegistry
 from aggregator_service.settings import AggregatorSettings, ConfigError
 from aggregator_service.store.base import Store
 from aggregator_service.store.sql import SqlStore
@@ -42,6 +44,31 @@ def grpc_options(settings: AggregatorSettings) -> list[tuple[str, Any]]:
     ]
 
 
+class EngineThread:
+    """The round engine on its own thread; started and stopped again as leadership comes and goes."""
+
+    def __init__(self, engine: RoundEngine) -> None:
+        self.engine = engine
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.engine.run, args=(self._stop,), name="round-engine", daemon=True)
+        self._thread.start()
+
+    def signal_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop and wait (a round being committed finishes first)."""
+        self._stop.set()
+        self.engine.svc.notifier.notify()  # wakes the engine's wait at once
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+            self._thread = None
+
+
 @dataclass
 class RunningServer:
     """A started aggregator; ``stop()`` shuts it down in order."""
@@ -52,9 +79,10 @@ class RunningServer:
     health: health.HealthServicer
     port: int
     metrics_port: int | None
-    _engine_thread: threading.Thread
-    _stop_engine: threading.Event
+    engine: EngineThread
+    elector: Elector | None = None  # PostgreSQL: active/standby; None: SQLite, single-process
     _metrics_http: Any = None
+    _sqlite_lock: Any = None
     _stopped: bool = field(default=False)
 
     @property
@@ -70,14 +98,18 @@ class RunningServer:
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         event(log, "shutting down", grace_s=grace)
         self.health.enter_graceful_shutdown()
-        self._stop_engine.set()
+        self.engine.signal_stop()
         self.svc.notifier.close()  # held long polls answer "wait" now instead of at their timeout
         self.grpc_server.stop(grace).wait()
-        self._engine_thread.join(timeout=max(grace, 1.0) + 30.0)  # a round being committed finishes
+        if self.elector is not None:  # after in-flight calls: their writes still need the lease
+            self.elector.stop(release=True)  # a standby takes over at its next look, not at expiry
+        self.engine.stop(timeout_s=max(grace, 1.0) + 30.0)  # a round being committed finishes
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
         self.svc.store.close()
+        if self._sqlite_lock is not None:
+            self._sqlite_lock.close()
         event(log, "stopped")
 
 
@@ -88,17 +120,36 @@ def start_server(settings: AggregatorSettings, store: Store | None = None) -> Ru
     # Updates are small tensors handled on many request threads at once: intra-op threads would only
     # oversubscribe the cores (measured: round close 240 → 180 ms with 100 sites on 2 cores).
     torch.set_num_threads(settings.torch_threads)
+    url = make_url(settings.database_url)
+    sqlite_lock = None
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            sqlite_lock = hold_sqlite_lock(url.database)
+        event(log, "SQLite database: single-process mode (active/standby failover needs PostgreSQL)")
     if store is None:
-        store = SqlStore.open(settings.database_url, settings.sqlite_synchronous)
+        try:
+            store = SqlStore.open(settings.database_url, settings.sqlite_synchronous)
+        except BaseException:
+            if sqlite_lock is not None:
+                sqlite_lock.close()
+            raise
     limits = Limits(
         max_update_bytes=settings.max_update_bytes,
         chunk_bytes=settings.chunk_bytes,
         poll_wait_cap_s=settings.poll_wait_cap_s,
         max_long_polls=max(1, settings.max_workers // 2),  # the other half serves everything else
+        site_token_grace_s=settings.site_token_grace_s,
     )
     svc = Services(store=store, admin_token=admin_token, limits=limits)
-    engine = RoundEngine(svc)
-    engine.resume()
+    engine = EngineThread(RoundEngine(svc))
+    # PostgreSQL: start as a standby (NOT_SERVING, refusing writes) and lead once the lease is ours.
+    standby = isinstance(store, SqlStore) and store.dialect == "postgresql"
+    if standby:
+        svc.leading.clear()
+        assert isinstance(store, SqlStore)
+        store.set_fence(refuse_writes)
+    else:
+        engine.engine.resume()
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
@@ -110,9 +161,11 @@ def start_server(settings: AggregatorSettings, store: Store | None = None) -> Ru
         port = server.add_secure_port(bind, credentials) if credentials else server.add_insecure_port(bind)
     except RuntimeError as exc:
         store.close()
+        if sqlite_lock is not None:
+            sqlite_lock.close()
         raise ConfigError(f"cannot bind {bind}: {exc}") from exc
     server.start()
-    set_health(health_servicer, serving=True)
+    set_health(health_servicer, serving=not standby)
 
     metrics_http, metrics_port = None, None
     if settings.metrics_port is not None:
@@ -121,11 +174,14 @@ def start_server(settings: AggregatorSettings, store: Store | None = None) -> Ru
         )
         metrics_port = int(metrics_http.server_port)
 
-    stop_engine = threading.Event()
-    engine_thread = threading.Thread(target=engine.run, args=(stop_engine,), name="round-engine", daemon=True)
-    engine_thread.start()
+    elector = None
+    if standby:
+        assert isinstance(store, SqlStore)
+        elector = _elector(settings, store, svc, engine, health_servicer)
+    else:
+        engine.start()
     running = RunningServer(
-        settings, svc, server, health_servicer, port, metrics_port, engine_thread, stop_engine, metrics_http
+        settings, svc, server, health_servicer, port, metrics_port, engine, elector, metrics_http, sqlite_lock
     )
     event(
         log,
@@ -135,9 +191,36 @@ def start_server(settings: AggregatorSettings, store: Store | None = None) -> Ru
         tls=credentials is not None,
         mutual_tls=settings.tls_client_ca_file is not None,
         metrics_port=metrics_port,
-        database=make_url(settings.database_url).render_as_string(hide_password=True),
+        database=url.render_as_string(hide_password=True),
+        role="standby until it holds the leader lease" if standby else "single process",
     )
+    if elector is not None:
+        elector.start()
     return running
+
+
+def _elector(
+    settings: AggregatorSettings, store: SqlStore, svc: Services, engine: EngineThread, health: health.HealthServicer
+) -> Elector:
+    """Wire leadership to the parts it switches: the store's write fence, the round engine, health, RPCs."""
+    lease = Lease(store.write_engine, new_holder_id(), settings.leader_lease_s)
+
+    def on_lead(token: int) -> None:
+        store.set_fence(lease.fence(token))
+        svc.pending = PendingUpdates()  # the previous leader may have accepted updates this process never saw
+        svc.secure = SecureRegistry()  # key material of an earlier stint is stale; resume() abandons the round
+        engine.engine.resume()
+        engine.start()
+        svc.leading.set()
+        set_health(health, serving=True)
+
+    def on_lose() -> None:
+        svc.leading.clear()
+        set_health(health, serving=False)
+        store.set_fence(refuse_writes)
+        engine.stop()
+
+    return Elector(lease, on_lead, on_lose)
 
 
 def serve_until_signalled(settings: AggregatorSettings, on_ready: Callable[[RunningServer], None]) -> None:

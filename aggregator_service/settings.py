@@ -69,6 +69,20 @@ class AggregatorSettings(ServiceSettings):
         default="FULL", description="SQLite durability: FULL survives power loss; NORMAL (WAL) only process crashes."
     )
 
+    # --- failover and credentials ----------------------------------------------------------------------
+    leader_lease_s: float = Field(
+        default=10.0,
+        ge=2.0,
+        le=300.0,
+        description="PostgreSQL active/standby: how long the leader's lease lasts unrenewed (a standby takes "
+        "over within about this long after the leader dies).",
+    )
+    site_token_grace_s: float = Field(
+        default=86_400.0,
+        ge=0.0,
+        description="After `sites rotate`, how long the replaced token keeps working (default: one day).",
+    )
+
     # --- the admin CLI as a client ---------------------------------------------------------------------
     admin_target: str | None = Field(default=None, description="host:port the CLI dials; default host:port above.")
     admin_tls_ca_file: Path | None = Field(default=None, description="CA bundle the CLI verifies the server with.")

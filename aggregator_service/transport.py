@@ -22,8 +22,9 @@ from aggregator_service import admin_handlers, federation_handlers, secure_handl
 from aggregator_service.audit import ADMIN, record_refusal
 from aggregator_service.auth import authenticate_admin, authenticate_site, bearer_token
 from aggregator_service.context import Services
-from aggregator_service.errors import InvalidArgument, ServiceError
+from aggregator_service.errors import InvalidArgument, ServiceError, Unavailable
 from aggregator_service.federation_handlers import ModelBlob
+from aggregator_service.leadership import NOT_LEADER
 from aggregator_service.store.base import SiteRecord
 from fedmedclip.federation import messages as m
 from fedmedclip.federation import serde
@@ -70,7 +71,11 @@ class _Rpc:
         self.call = _Call(svc, context, actor=f"anonymous {context.peer()}")
 
     def __enter__(self) -> _Call:
-        return self.call
+        call = self.call
+        if not call.svc.leading.is_set():  # a standby: the client's retry moves on to another address
+            call.svc.metrics.rpcs.labels(self.method, "UNAVAILABLE").inc()
+            call.context.abort(grpc.StatusCode.UNAVAILABLE, NOT_LEADER)
+        return call
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, _tb: TracebackType | None
@@ -79,6 +84,9 @@ class _Rpc:
         metrics = call.svc.metrics.rpcs
         if error is None:
             metrics.labels(method, "OK").inc()
+        elif isinstance(error, Unavailable):  # deposed mid-call: nothing to audit (and no right to write)
+            metrics.labels(method, error.code).inc()
+            call.context.abort(grpc.StatusCode.UNAVAILABLE, error.message)
         elif isinstance(error, ServiceError):
             metrics.labels(method, error.code).inc()
             record_refusal(call.svc, method, call.actor, error, call.run_id, call.round, call.site_name)
@@ -278,6 +286,19 @@ class AdminServicer(_Transport, admin_pb2_grpc.AdminServicer):
             revoke = serde.revoke_site_request_from_proto(request)
             site = admin_handlers.revoke_site(self.svc, revoke.site, revoke.reason)
             return serde.revoke_site_reply_to_proto(m.RevokeSiteReply(site))
+
+    def RotateSiteToken(  # noqa: N802 - gRPC method name
+        self, request: admin_pb2.RotateSiteTokenRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RotateSiteTokenResponse:
+        with self._rpc("RotateSiteToken", context) as call:
+            call.admin()
+            call.site_name = request.site
+            try:
+                rotate = serde.rotate_site_token_request_from_proto(request)
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from exc
+            reply = admin_handlers.rotate_site_token(self.svc, rotate.site, rotate.grace_s)
+            return serde.rotate_site_token_reply_to_proto(reply)
 
 
 def _data_chunks(messages: Iterator[federation_pb2.UpdateChunk]) -> Iterator[bytes]:

@@ -8,6 +8,9 @@
   idempotent calls, with capped exponential backoff and jitter, for as long as it takes (the agent is a
   service: it outlives aggregator outages). Every call the agent makes is idempotent by the protocol:
   ``SubmitUpdate`` of the same bytes is acknowledged as a duplicate. Anything else raises ``AggregatorError``.
+- Failover: ``aggregator`` may list several addresses (active/standby aggregators, docs/design.md §4.7).
+  A call that fails with a retryable status moves to the next address before its retry; a standby answers
+  UNAVAILABLE, so the agent settles on the leader. Backoff grows once per pass over the whole list.
 - Waiting (backoff, an in-flight unary call) ends at once when ``stop`` is set: SIGTERM is never held up
   by a long poll.
 
@@ -85,16 +88,18 @@ def channel_options(settings: AgentSettings) -> list[tuple[str, Any]]:
     return options
 
 
-def open_channel(settings: AgentSettings) -> grpc.Channel:
+def open_channel(settings: AgentSettings, target: str | None = None) -> grpc.Channel:
+    """A channel to ``target`` (default: the first aggregator address)."""
+    target = target or settings.aggregators[0]
     if settings.insecure_loopback:
-        return grpc.insecure_channel(settings.aggregator, options=channel_options(settings))
+        return grpc.insecure_channel(target, options=channel_options(settings))
     tls = settings.tls
     credentials = grpc.ssl_channel_credentials(
         root_certificates=tls.ca_file.read_bytes() if tls.ca_file else None,
         private_key=tls.key_file.read_bytes() if tls.key_file else None,
         certificate_chain=tls.cert_file.read_bytes() if tls.cert_file else None,
     )
-    return grpc.secure_channel(settings.aggregator, credentials, options=channel_options(settings))
+    return grpc.secure_channel(target, credentials, options=channel_options(settings))
 
 
 class FederationClient:
@@ -113,12 +118,44 @@ class FederationClient:
         self.stop = stop
         self.backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
         self._metadata = (("authorization", f"Bearer {token}"),)
-        self._channel = channel or open_channel(settings)
-        self._stub = federation_pb2_grpc.FederationStub(grpc.intercept_channel(self._channel, *interceptors))
+        self._interceptors = tuple(interceptors)
+        # One channel per address, opened when first used; a given channel means that one address only.
+        self._targets: tuple[str, ...] = settings.aggregators if channel is None else ("(given channel)",)
+        self._channels: dict[int, grpc.Channel] = {} if channel is None else {0: channel}
+        self._index = 0
+        self._stub = self._stub_for(0)
         self._timeout = settings.rpc_timeout_s
 
+    @property
+    def target(self) -> str:
+        """The aggregator address calls go to now."""
+        return self._targets[self._index]
+
     def close(self) -> None:
-        self._channel.close()
+        for channel in self._channels.values():
+            channel.close()
+
+    def _stub_for(self, index: int) -> federation_pb2_grpc.FederationStub:
+        channel = self._channels.get(index)
+        if channel is None:
+            channel = self._channels[index] = open_channel(self.settings, self._targets[index])
+        return federation_pb2_grpc.FederationStub(grpc.intercept_channel(channel, *self._interceptors))
+
+    def _next_address(self, method: str, code: grpc.StatusCode) -> None:
+        """Move to the next aggregator address (a no-op with one address)."""
+        if len(self._targets) < 2:
+            return
+        previous = self.target
+        self._index = (self._index + 1) % len(self._targets)
+        self._stub = self._stub_for(self._index)
+        event(
+            log,
+            "trying the next aggregator address",
+            method=method,
+            code=code.name,
+            previous=previous,
+            next=self.target,
+        )
 
     # --- calls ------------------------------------------------------------------------------------------
 
@@ -178,6 +215,8 @@ class FederationClient:
         try:
             reply = self._stub.Heartbeat(request, metadata=self._metadata, timeout=min(10.0, self._timeout))
         except grpc.RpcError as error:
+            if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.UNAVAILABLE:
+                self._next_address("Heartbeat", error.code())
             raise _failure("Heartbeat", error) from None
         return serde.heartbeat_reply_from_proto(reply)
 
@@ -244,7 +283,9 @@ class FederationClient:
                 )
                 if not retryable:
                     raise _failure(method, error) from None
-                delay = self.backoff.delay(attempt)
+                self._next_address(method, code)
+                # The first pass over several addresses is quick; backoff grows once per whole pass.
+                delay = self.backoff.delay(attempt // len(self._targets))
                 event(
                     log,
                     "aggregator unreachable; retrying",
@@ -255,6 +296,7 @@ class FederationClient:
                     detail=(error.details() if isinstance(error, grpc.Call) else None) or None,
                     attempt=attempt + 1,
                     retry_in_s=round(delay, 2),
+                    target=self.target,
                 )
                 attempt += 1
                 if self.stop.wait(delay):

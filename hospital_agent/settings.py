@@ -115,7 +115,10 @@ class AgentSettings(ServiceSettings):
     label: ClassVar[str] = "agent settings"
 
     site: str = Field(description="This site's enrolled name (the aggregator's name for the token).")
-    aggregator: str = Field(description="host:port of the aggregator's gRPC endpoint.")
+    aggregator: str = Field(
+        description="host:port of the aggregator's gRPC endpoint (a Service address), or several separated by "
+        "commas (active/standby aggregators): the agent moves to the next one when a call finds it unavailable."
+    )
     token: SecretStr | None = Field(default=None, description="The site's bearer token (shown once at enrolment).")
     token_file: Path | None = Field(default=None, description="File holding the token (e.g. a systemd credential).")
     insecure_loopback: bool = Field(default=False, description="Plaintext gRPC; only to a loopback aggregator.")
@@ -160,11 +163,26 @@ class AgentSettings(ServiceSettings):
             )
         return value
 
-    @field_validator("aggregator")
+    @field_validator("aggregator", mode="before")
     @classmethod
-    def _target(cls, value: str) -> str:
-        split_target(value)
-        return value.strip()
+    def _target(cls, value: object) -> object:
+        if isinstance(value, list | tuple):  # a YAML list in the config file
+            value = ",".join(str(item) for item in value)
+        if not isinstance(value, str):
+            return value
+        targets = [part.strip() for part in value.split(",") if part.strip()]
+        if not targets:
+            raise ValueError("aggregator must be HOST:PORT, or several separated by commas")
+        for target in targets:
+            split_target(target)
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"aggregator lists an address twice: {value!r}")
+        return ",".join(targets)
+
+    @property
+    def aggregators(self) -> tuple[str, ...]:
+        """Every aggregator address, in the order the agent tries them."""
+        return tuple(self.aggregator.split(","))
 
     @field_validator("device")
     @classmethod
@@ -175,7 +193,8 @@ class AgentSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _secure_transport(self) -> AgentSettings:
-        host, _ = split_target(self.aggregator)
+        hosts = [split_target(target)[0] for target in self.aggregators]
+        host = next((h for h in hosts if not is_loopback(h)), hosts[0])
         tls_given = any(getattr(self.tls, name) is not None for name in ("ca_file", "cert_file", "key_file"))
         if self.insecure_loopback and not is_loopback(host):
             raise ValueError(

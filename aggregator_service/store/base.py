@@ -40,6 +40,7 @@ class SiteRecord:
     last_seen: datetime | None = None
     software_version: str = ""
     site_info: Mapping[str, str] = field(default_factory=dict)
+    previous_token_expires_at: datetime | None = None  # set by a rotation: the old token's end of grace
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,17 @@ class Store(abc.ABC):
         """Raises ``AlreadyExists`` if the name is taken (revoked sites keep their names)."""
 
     @abc.abstractmethod
-    def site_by_token_hash(self, token_hash: str) -> SiteRecord | None: ...
+    def site_by_token_hash(self, token_hash: str, now: datetime | None = None) -> SiteRecord | None:
+        """The site whose current token, or whose previous token still in its grace period at ``now``
+        (default: the current time), hashes to ``token_hash``."""
+        ...
+
+    @abc.abstractmethod
+    def rotate_site_token(self, name: str, token_hash: str, grace_until: datetime, now: datetime) -> SiteRecord:
+        """Make ``token_hash`` the site's token; the replaced one stays valid until ``grace_until``.
+
+        Raises ``NotFound`` for an unknown site, ``FailedPrecondition`` for a revoked one.
+        """
 
     @abc.abstractmethod
     def get_site(self, name: str) -> SiteRecord | None: ...

@@ -10,6 +10,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATION_LOCK_ID = 0x46_4D_43_4D  # "FMCM": the advisory lock serialising migrations on PostgreSQL
 SQLITE_BUSY_TIMEOUT_S = 30.0  # writers queue behind each other this long before "database is locked"
 
 
@@ -69,5 +70,9 @@ def upgrade_to_head(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            # Two aggregators (active/standby) starting together must not run the same migration twice:
+            # the second waits here, then finds the schema current. Released with the transaction.
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

@@ -72,6 +72,9 @@ class SiteRow(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # After `sites rotate`: the replaced token's hash, accepted until previous_token_expires_at.
+    previous_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    previous_token_expires_at: Mapped[datetime | None]
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     enrolled_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
@@ -199,3 +202,19 @@ class AuditRow(Base):
     run_id: Mapped[str | None] = mapped_column(String(32))
     round: Mapped[int | None] = mapped_column(Integer)
     site: Mapped[str | None] = mapped_column(String(64))
+
+
+class LeaderLeaseRow(Base):
+    """The one row (id 1) saying which aggregator process leads, until when, and with which fencing token.
+
+    Only PostgreSQL deployments use it (``aggregator_service/leadership.py``); times are the database's own
+    clock, so the aggregators' clocks never need to agree.
+    """
+
+    __tablename__ = "leader_lease"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    token: Mapped[int] = mapped_column(BigInteger)  # +1 at every change of leader: the fencing token
+    acquired_at: Mapped[datetime]
+    expires_at: Mapped[datetime]

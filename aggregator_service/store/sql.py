@@ -8,12 +8,12 @@ it starts aggregating, or refused because the round is no longer OPEN.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -57,6 +57,16 @@ class SqlStore(Store):
         self._read_engine = read_engine or write_engine
         self._writer = sessionmaker(write_engine, expire_on_commit=False)
         self._reader = sessionmaker(self._read_engine, expire_on_commit=False)
+        # Set by the leader (aggregator_service/leadership.py): run first in every write transaction; it
+        # raises when this process no longer holds the lease, so a deposed leader can commit nothing.
+        self._fence: Callable[[Session], None] | None = None
+
+    def set_fence(self, fence: Callable[[Session], None] | None) -> None:
+        self._fence = fence
+
+    @property
+    def write_engine(self) -> Engine:
+        return self._write_engine
 
     @classmethod
     def open(cls, url: str, sqlite_synchronous: str = "FULL", migrate: bool = True) -> SqlStore:
@@ -78,6 +88,9 @@ class SqlStore(Store):
     @contextmanager
     def _write(self) -> Iterator[Session]:
         with self._writer.begin() as session:
+            fence = self._fence
+            if fence is not None:
+                fence(session)
             yield session
 
     @contextmanager
@@ -106,10 +119,26 @@ class SqlStore(Store):
         except IntegrityError as exc:  # a concurrent enrolment of the same name won the race
             raise AlreadyExists(f"site {name!r} is already enrolled") from exc
 
-    def site_by_token_hash(self, token_hash: str) -> SiteRecord | None:
+    def site_by_token_hash(self, token_hash: str, now: datetime | None = None) -> SiteRecord | None:
+        now = now or datetime.now(UTC)
+        in_grace = (SiteRow.previous_token_hash == token_hash) & (SiteRow.previous_token_expires_at > now)
         with self._read() as session:
-            row = session.scalar(select(SiteRow).where(SiteRow.token_hash == token_hash))
+            row = session.scalar(select(SiteRow).where(or_(SiteRow.token_hash == token_hash, in_grace)))
             return None if row is None else _site(row)
+
+    def rotate_site_token(self, name: str, token_hash: str, grace_until: datetime, now: datetime) -> SiteRecord:
+        with self._write() as session:
+            row = session.scalar(select(SiteRow).where(SiteRow.name == name).with_for_update())
+            if row is None:
+                raise NotFound(f"no site named {name!r}")
+            if not row.enabled:
+                raise FailedPrecondition(f"site {name!r} is revoked; a revoked site's token cannot be rotated")
+            # Only one previous token is kept: rotating twice inside a grace period ends the older one now.
+            row.previous_token_hash = row.token_hash if grace_until > now else None
+            row.previous_token_expires_at = grace_until if grace_until > now else None
+            row.token_hash = token_hash
+            session.flush()
+            return _site(row)
 
     def get_site(self, name: str) -> SiteRecord | None:
         with self._read() as session:
@@ -614,6 +643,7 @@ def _site(row: SiteRow) -> SiteRecord:
         last_seen=row.last_seen,
         software_version=row.software_version,
         site_info={str(k): str(v) for k, v in (row.site_info or {}).items()},
+        previous_token_expires_at=row.previous_token_expires_at,
     )
 
 

@@ -376,6 +376,19 @@ class EnrolSiteReply:
 
 
 @dataclass(frozen=True)
+class RotateSiteTokenRequest:
+    site: str
+    grace_s: float | None = None  # None: the aggregator's default grace period
+
+
+@dataclass(frozen=True)
+class RotateSiteTokenReply:
+    site: Site
+    token: str  # shown once; the aggregator keeps only its hash
+    previous_token_expires_at: datetime | None  # None: the replaced token already stopped working
+
+
+@dataclass(frozen=True)
 class ListSitesRequest:
     pass
 

@@ -11,6 +11,7 @@ peer built against an older minor protocol version stays compatible. Enum values
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -1031,6 +1032,32 @@ def enrol_site_reply_from_proto(message: admin_pb.EnrolSiteResponse) -> m.EnrolS
     return m.EnrolSiteReply(site_from_proto(message.site), message.token)
 
 
+def rotate_site_token_request_to_proto(request: m.RotateSiteTokenRequest) -> admin_pb.RotateSiteTokenRequest:
+    message = admin_pb.RotateSiteTokenRequest(site=request.site)
+    if request.grace_s is not None:
+        message.grace_seconds = request.grace_s
+    return message
+
+
+def rotate_site_token_request_from_proto(message: admin_pb.RotateSiteTokenRequest) -> m.RotateSiteTokenRequest:
+    grace = message.grace_seconds if message.HasField("grace_seconds") else None
+    if grace is not None and not (math.isfinite(grace) and grace >= 0):
+        raise ValueError(f"grace_seconds must be a finite number >= 0, got {grace}")
+    return m.RotateSiteTokenRequest(message.site, grace)
+
+
+def rotate_site_token_reply_to_proto(reply: m.RotateSiteTokenReply) -> admin_pb.RotateSiteTokenResponse:
+    message = admin_pb.RotateSiteTokenResponse(site=site_to_proto(reply.site), token=reply.token)
+    _set_time(message.previous_token_expires_at, reply.previous_token_expires_at)
+    return message
+
+
+def rotate_site_token_reply_from_proto(message: admin_pb.RotateSiteTokenResponse) -> m.RotateSiteTokenReply:
+    return m.RotateSiteTokenReply(
+        site_from_proto(message.site), message.token, _time(message, "previous_token_expires_at")
+    )
+
+
 def list_sites_request_to_proto(_request: m.ListSitesRequest) -> admin_pb.ListSitesRequest:
     return admin_pb.ListSitesRequest()
 
@@ -1128,6 +1155,16 @@ CONVERTERS: dict[type, tuple[Callable[[Any], Any], Callable[[Any], Any], type]] 
     m.Site: (site_to_proto, site_from_proto, admin_pb.Site),
     m.EnrolSiteRequest: (enrol_site_request_to_proto, enrol_site_request_from_proto, admin_pb.EnrolSiteRequest),
     m.EnrolSiteReply: (enrol_site_reply_to_proto, enrol_site_reply_from_proto, admin_pb.EnrolSiteResponse),
+    m.RotateSiteTokenRequest: (
+        rotate_site_token_request_to_proto,
+        rotate_site_token_request_from_proto,
+        admin_pb.RotateSiteTokenRequest,
+    ),
+    m.RotateSiteTokenReply: (
+        rotate_site_token_reply_to_proto,
+        rotate_site_token_reply_from_proto,
+        admin_pb.RotateSiteTokenResponse,
+    ),
     m.ListSitesRequest: (list_sites_request_to_proto, list_sites_request_from_proto, admin_pb.ListSitesRequest),
     m.ListSitesReply: (list_sites_reply_to_proto, list_sites_reply_from_proto, admin_pb.ListSitesResponse),
     m.RevokeSiteRequest: (revoke_site_request_to_proto, revoke_site_request_from_proto, admin_pb.RevokeSiteRequest),

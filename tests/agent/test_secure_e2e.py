@@ -74,6 +74,7 @@ def federate(aggregator: Aggregator, synth: SynthSummary, tokens: dict[str, str]
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.timeout(420)
 def test_secure_mode_finishes_within_half_a_point_of_plain_mode(
     aggregator: Aggregator, larger_sites: SynthSummary

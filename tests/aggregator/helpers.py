@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedmedclip import PROTOCOL_VERSION
 from fedmedclip.federation import payload as framing
@@ -164,6 +165,25 @@ def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
     except grpc.RpcError as exc:
         return exc
     raise AssertionError("the call succeeded; expected an RpcError")
+
+
+def health_status(channel: grpc.Channel, service: str = "") -> str:
+    """The gRPC health status name of ``service`` ("SERVING", "NOT_SERVING"), or the RPC's error code."""
+    try:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    except grpc.RpcError as exc:
+        return exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def wait_serving(channel: grpc.Channel, timeout: float = 30.0) -> float:
+    """Wait until the server reports SERVING (a PostgreSQL aggregator does once it leads); returns seconds."""
+    started = time.monotonic()
+    while health_status(channel) != "SERVING":
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not SERVING after {timeout} s")
+        time.sleep(0.1)
+    return time.monotonic() - started
 
 
 LISTENING = re.compile(r"aggregator listening on [^\s]+:(\d+)")

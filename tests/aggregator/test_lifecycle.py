@@ -33,6 +33,7 @@ from tests.aggregator.helpers import (
     rpc_error,
     run_config,
     upload,
+    wait_serving,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +49,8 @@ class ServerProcess:
             FEDMEDCLIP_AGGREGATOR_ADMIN_TOKEN=ADMIN_TOKEN,
             FEDMEDCLIP_AGGREGATOR_SHUTDOWN_GRACE_S="5",
             FEDMEDCLIP_AGGREGATOR_LOG_FORMAT="json",
+            # PostgreSQL: a restarted aggregator serves once the killed one's leader lease has expired
+            FEDMEDCLIP_AGGREGATOR_LEADER_LEASE_S="3",
             HF_HUB_OFFLINE="1",
         )
         self.log = log_path.open("w")
@@ -60,6 +63,7 @@ class ServerProcess:
         assert match, f"no listening line, got {line!r}; log: {log_path.read_text()}"
         self.port = int(match.group(1))
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        wait_serving(self.channel)
 
     def kill(self) -> None:
         self.channel.close()

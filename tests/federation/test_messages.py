@@ -134,6 +134,11 @@ SAMPLES: list[Any] = [
     m.ListSitesReply((SITE, REVOKED)),
     m.RevokeSiteRequest("site-b", "lost laptop"),
     m.RevokeSiteReply(REVOKED),
+    m.RotateSiteTokenRequest("site-a", 3600.0),
+    m.RotateSiteTokenRequest("site-a"),  # no grace given: the server's default
+    m.RotateSiteTokenRequest("site-a", 0.0),  # an explicit zero stays distinct from "not sent"
+    m.RotateSiteTokenReply(SITE, "fmc_new", SITE.enrolled_at),
+    m.RotateSiteTokenReply(SITE, "fmc_new", None),
 ]
 
 

@@ -64,6 +64,7 @@ def test_service_contracts() -> None:
         "EnrolSite",
         "ListSites",
         "RevokeSite",
+        "RotateSiteToken",
     }
     streaming = {(m.name, m.client_streaming, m.server_streaming) for m in federation.methods}
     assert ("GetModel", False, True) in streaming and ("SubmitUpdate", True, False) in streaming

@@ -1,7 +1,7 @@
 """Privacy ledger: updates.privacy (the site's ε, δ, σ, C, q, steps) and the budget_spent table.
 
 Revision ID: 0004_privacy
-Revises: 0005_secagg
+Revises: 0003_failover
 Create Date: 2026-12-01
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_privacy"
-down_revision = "0005_secagg"  # after secure aggregation, which reached main first
+down_revision = "0003_failover"  # after secure aggregation and failover, which reached main first
 branch_labels = None
 depends_on = None
 

@@ -270,6 +270,24 @@ class RevokeSiteResponse(_message.Message):
     site: Site
     def __init__(self, site: _Optional[_Union[Site, _Mapping]] = ...) -> None: ...
 
+class RotateSiteTokenRequest(_message.Message):
+    __slots__ = ("site", "grace_seconds")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    grace_seconds: float
+    def __init__(self, site: _Optional[str] = ..., grace_seconds: _Optional[float] = ...) -> None: ...
+
+class RotateSiteTokenResponse(_message.Message):
+    __slots__ = ("site", "token", "previous_token_expires_at")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_TOKEN_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    site: Site
+    token: str
+    previous_token_expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, site: _Optional[_Union[Site, _Mapping]] = ..., token: _Optional[str] = ..., previous_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class Site(_message.Message):
     __slots__ = ("name", "description", "enabled", "enrolled_at", "last_seen", "software_version", "site_info")
     NAME_FIELD_NUMBER: _ClassVar[int]

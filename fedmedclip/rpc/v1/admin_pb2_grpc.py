@@ -81,6 +81,11 @@ class AdminStub:
                 request_serializer=fedmedclip_dot_rpc_dot_v1_dot_admin__pb2.RevokeSiteRequest.SerializeToString,
                 response_deserializer=fedmedclip_dot_rpc_dot_v1_dot_admin__pb2.RevokeSiteResponse.FromString,
                 _registered_method=True)
+        self.RotateSiteToken = channel.unary_unary(
+                '/fedmedclip.rpc.v1.Admin/RotateSiteToken',
+                request_serializer=fedmedclip_dot_rpc_dot_v1_dot_admin__pb2.RotateSiteTokenRequest.SerializeToString,
+                response_deserializer=fedmedclip_dot_rpc_dot_v1_dot_admin__pb2.RotateSiteTokenResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -150,6 +155,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateSiteToken(self, request, context):
+        """Give a site a new token (in the response, shown once). The replaced token keeps working for the grace
+        period, then stops; a revoked site is refused with FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +210,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RevokeSite,
                     request_deserializer=fedmedclip_dot_rpc_dot_v1_dot_admin__pb2.RevokeSiteRequest.FromString,
                     response_serializer=fedmedclip_dot_rpc_dot_v1_dot_admin__pb2.RevokeSiteResponse.SerializeToString,
+            ),
+            'RotateSiteToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateSiteToken,
+                    request_deserializer=fedmedclip_dot_rpc_dot_v1_dot_admin__pb2.RotateSiteTokenRequest.FromString,
+                    response_serializer=fedmedclip_dot_rpc_dot_v1_dot_admin__pb2.RotateSiteTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -443,6 +461,33 @@ class Admin:
             '/fedmedclip.rpc.v1.Admin/RevokeSite',
             fedmedclip_dot_rpc_dot_v1_dot_admin__pb2.RevokeSiteRequest.SerializeToString,
             fedmedclip_dot_rpc_dot_v1_dot_admin__pb2.RevokeSiteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateSiteToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedmedclip.rpc.v1.Admin/RotateSiteToken',
+            fedmedclip_dot_rpc_dot_v1_dot_admin__pb2.RotateSiteTokenRequest.SerializeToString,
+            fedmedclip_dot_rpc_dot_v1_dot_admin__pb2.RotateSiteTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
