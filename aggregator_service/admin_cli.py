@@ -241,7 +241,9 @@ def runs_status(
         + (f" — {status.message}" if status.message else "")
     )
     rounds = Table("round", "state", "opened", "closed", "in → out", "accepted", "bytes", "metrics", title="rounds")
-    sites = Table("round", "site", "participation", "samples", "bytes", "received", "note", title="participation")
+    sites = Table(
+        "round", "site", "participation", "samples", "bytes", "ε (δ)", "received", "note", title="participation"
+    )
     for item in status.rounds:
         accepted = [p for p in item.participants if p.state == ParticipationState.ACCEPTED]
         rounds.add_row(
@@ -261,6 +263,7 @@ def runs_status(
                 part.state.value,
                 str(part.num_samples or "-"),
                 str(part.payload_bytes or "-"),
+                "-" if part.privacy is None else f"{part.privacy.epsilon:.3g} ({part.privacy.delta:.1e})",
                 _when(part.received_at),
                 part.message[:60],
             )

@@ -29,6 +29,7 @@ from aggregator_service.store.base import (
 from fedmedclip.federation import messages as m
 from fedmedclip.federation.fam_bytes import SAFETENSORS, fam_from_bytes, fam_to_bytes, initial_fam, sha256_hex
 from fedmedclip.federation.run_config import RunConfig
+from fedmedclip.privacy.ledger import PrivacyLedger
 
 log = logging.getLogger("aggregator_service.admin")
 
@@ -109,6 +110,7 @@ _STATUS_ATTEMPTS = 5
 def _round_statuses(svc: Services, run: RunRecord) -> list[m.RoundStatus]:
     sites = svc.store.list_sites()
     refusals = svc.store.list_audit(limit=1000, outcome="refused", run_id=run.id)
+    spent = svc.store.budget_spent_sites(run.id)
     rounds: list[m.RoundStatus] = []
     for record in svc.store.list_rounds(run.id):
         updates = {u.site: u for u in svc.store.list_updates(record.id)}
@@ -118,7 +120,7 @@ def _round_statuses(svc: Services, run: RunRecord) -> list[m.RoundStatus]:
             if a.round == record.number and a.site and a.action == "SubmitUpdate"
         }
         participants = tuple(
-            _participation(s.name, updates.get(s.name), rejected.get(s.name))
+            _participation(s.name, updates.get(s.name), rejected.get(s.name), s.name in spent)
             for s in sites
             if s.enabled or s.name in updates
         )
@@ -127,7 +129,9 @@ def _round_statuses(svc: Services, run: RunRecord) -> list[m.RoundStatus]:
     return rounds
 
 
-def _participation(site: str, update: UpdateRecord | None, rejection: str | None) -> m.SiteParticipation:
+def _participation(
+    site: str, update: UpdateRecord | None, rejection: str | None, budget_spent: bool = False
+) -> m.SiteParticipation:
     if update is not None:
         return m.SiteParticipation(
             site,
@@ -136,9 +140,12 @@ def _participation(site: str, update: UpdateRecord | None, rejection: str | None
             update.payload_bytes,
             update.received_at,
             dict(update.metrics),
+            privacy=None if update.privacy is None else PrivacyLedger.from_dict(update.privacy),
         )
     if rejection is not None:
         return m.SiteParticipation(site, m.ParticipationState.REJECTED, message=rejection)
+    if budget_spent:  # the site's own decision under its privacy budget: not a fault
+        return m.SiteParticipation(site, m.ParticipationState.BUDGET_SPENT, message="privacy budget spent")
     return m.SiteParticipation(site, m.ParticipationState.MISSING)
 
 

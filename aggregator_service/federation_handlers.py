@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 
 from aggregator_service import secure_handlers
 from aggregator_service.context import Services
@@ -245,6 +246,7 @@ def submit_update(svc: Services, site: SiteRecord, header: UpdateHeader, chunks:
             payload=payload,
             sha256=header.sha256,
             received_at=svc.clock(),
+            privacy=None if header.privacy is None else header.privacy.to_dict(),
         )
     )
     if duplicate:
@@ -271,6 +273,8 @@ def heartbeat(svc: Services, site: SiteRecord, request: HeartbeatRequest) -> Hea
     run_id, round_number = request.run_id, request.round
     now = svc.clock()
     svc.store.touch_site(site.id, now)
+    if request.activity == "budget_spent" and request.run_id:
+        record_budget_spent(svc, site, request.run_id, now)
     abandon = False
     if run_id and round_number > 0:
         run = svc.store.get_run(run_id)
@@ -284,6 +288,16 @@ def heartbeat(svc: Services, site: SiteRecord, request: HeartbeatRequest) -> Hea
             or (RunConfig.from_dict(run.config).late_policy == "reopen" and now >= current.deadline)
         )
     return HeartbeatReply(now, abandon)
+
+
+def record_budget_spent(svc: Services, site: SiteRecord, run_id: str, now: datetime) -> None:
+    """The site says its privacy budget allows no further round: remember it (once), never as a fault."""
+    run = svc.store.get_run(run_id)
+    if run is None:
+        return  # a heartbeat about a run this aggregator does not know: nothing to record
+    if svc.store.mark_budget_spent(run.id, site.id, now):
+        event(log, "site privacy budget spent; it no longer contributes", run=run.id, site=site.name)
+        svc.notifier.notify()  # the round may now have every update it will get
 
 
 # --- helpers ------------------------------------------------------------------------------------------

@@ -15,17 +15,28 @@ import time
 from datetime import datetime, timedelta
 from typing import Literal
 
+import numpy as np
+
 from aggregator_service import secure_rounds
 from aggregator_service.context import Services
 from aggregator_service.errors import FailedPrecondition
 from aggregator_service.logs import event
-from aggregator_service.store.base import NewVersion, RoundRecord, RoundState, RunRecord, RunState, UpdateRecord
+from aggregator_service.store.base import (
+    NewVersion,
+    RoundRecord,
+    RoundState,
+    RunRecord,
+    RunState,
+    Store,
+    UpdateRecord,
+)
 from fedmedclip.federation.aggregate import SiteUpdate, aggregate
 from fedmedclip.federation.arrays import Array
 from fedmedclip.federation.codec import decode_update
 from fedmedclip.federation.errors import FederationError
 from fedmedclip.federation.fam_bytes import fam_from_bytes, fam_to_bytes, sha256_hex
 from fedmedclip.federation.run_config import RunConfig
+from fedmedclip.privacy.dp_fedavg import dp_fedavg_round, site_epsilon
 
 log = logging.getLogger("aggregator_service.rounds")
 
@@ -116,7 +127,7 @@ class RoundEngine:
             return IDLE_CHECK_S
         now = self.svc.clock()
         accepted = len(store.list_updates(current.id))
-        decision = decide(accepted, store.count_enabled_sites(), config, current.deadline, now)
+        decision = decide(accepted, expected_sites(store, run.id), config, current.deadline, now)
         if decision == "close":
             if store.begin_aggregation(current.id):
                 self._close(run, config, current)
@@ -145,8 +156,12 @@ class RoundEngine:
             decoded = self._decode(updates, current)
             parent = self._state(current.input_version, config.embed_dim)
             site_updates = [decoded[u.id] for u in updates]
-            # Each update passed validate_update with these shapes and bound when it was accepted.
-            new_state = aggregate(parent, site_updates, config.weighting, config.norm_bound, prevalidated=True)
+            dp_metrics: dict[str, float] = {}
+            if config.privacy.mode == "site":  # DP-FedAvg at this (trusted) aggregator, docs/design.md §3.16
+                new_state, dp_metrics = self._dp_fedavg(run, config, current, parent, site_updates)
+            else:
+                # Each update passed validate_update with these shapes and bound when it was accepted.
+                new_state = aggregate(parent, site_updates, config.weighting, config.norm_bound, prevalidated=True)
         except (FederationError, ValueError, KeyError) as exc:
             # Deterministic: retrying would fail the same way, so the run stops with the reason.
             message = f"aggregation of round {current.number} failed: {exc}"
@@ -163,7 +178,7 @@ class RoundEngine:
                 current.id,
                 NewVersion(data, sha256_hex(data), current.input_version),
                 [u.id for u in updates],
-                weighted_metrics(updates),
+                {**weighted_metrics(updates), **dp_metrics},
                 now,
                 None if final else now + timedelta(seconds=config.round_timeout_s),
             )
@@ -219,6 +234,45 @@ class RoundEngine:
             )
         return {u.id: found[u.id] for u in updates}
 
+    def _dp_fedavg(
+        self,
+        run: RunRecord,
+        config: RunConfig,
+        current: RoundRecord,
+        parent: dict[str, Array],
+        updates: list[SiteUpdate],
+    ) -> tuple[dict[str, Array], dict[str, float]]:
+        """One DP-FedAvg round; the adaptive clip bound travels in the closed rounds' metrics (restart-safe)."""
+        store = self.svc.store
+        closed = [r for r in store.list_rounds(run.id) if r.state == RoundState.CLOSED and r.number < current.number]
+        clip = next(
+            (r.metrics["dp_site_clip_next"] for r in reversed(closed) if "dp_site_clip_next" in r.metrics),
+            config.privacy.site_initial_clip,
+        )
+        sites = store.count_enabled_sites()
+        dense = [
+            {
+                name: (u.update.tensors[name].to_dense() if name in u.update.tensors else np.zeros_like(value)).astype(
+                    np.float64
+                )
+                for name, value in parent.items()
+            }
+            for u in updates
+        ]
+        expected = max(1.0, config.privacy.site_sample_rate * sites)
+        new_state, record = dp_fedavg_round(dict(parent), dense, clip, config.privacy, expected)
+        epsilon, delta = site_epsilon(config.privacy, len(closed) + 1, sites)
+        metrics = {
+            "dp_site_epsilon": epsilon,
+            "dp_site_delta": delta,
+            "dp_site_clip": record.clip,
+            "dp_site_clip_next": record.next_clip,
+            "dp_site_clipped": float(record.clipped_sites),
+        }
+        fields: dict[str, object] = {k: round(v, 6) for k, v in metrics.items()}
+        event(log, "site-level DP round", logging.INFO, run=run.id, round=current.number, **fields)
+        return {name: np.asarray(value, dtype=np.float32) for name, value in new_state.items()}, metrics
+
     def _state(self, version: int, dim: int) -> dict[str, Array]:
         state = self.svc.models.get_state(version)
         if state is None:
@@ -228,3 +282,12 @@ class RoundEngine:
             state = fam_from_bytes(data, dim)
             self.svc.models.put_state(version, state)
         return state
+
+
+def expected_sites(store: Store, run_id: str) -> int:
+    """Enabled sites still able to contribute: those whose privacy budget is spent are not waited for."""
+    spent = store.budget_spent_sites(run_id)
+    enabled = store.count_enabled_sites()
+    if not spent:
+        return enabled
+    return enabled - sum(1 for site in store.list_sites() if site.enabled and site.name in spent)

@@ -1,6 +1,6 @@
 """Run every benchmark and write bench/results/latest.json and latest.md (`make bench`).
 
-P1–P3 run here (as subprocesses, sharing one temporary image set and embedding cache); P4 (inference API)
+P1–P3 and P6 run here (as subprocesses, sharing one temporary image set and embedding cache); P4 (inference API)
 and P5 (aggregator) are other packages' scripts, run when present with their quick flag. Budget: under
 15 minutes on a 2-core CPU machine with the default sizes, which every script prints.
 
@@ -23,7 +23,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
-OURS = ("p2_compute.py", "p1_upload.py", "p3_embed.py")  # P2 first: it fills the cache P1 then reuses
+# P2 first: it fills the cache P1 and P6 then reuse.
+OURS = ("p2_compute.py", "p1_upload.py", "p3_embed.py", "p6_dp.py")
 EXTERNAL = ("p4_predict.py", "p5_round_close.py", "p8_secagg.py")
 QUICK_FLAGS = ("--quick", "--small")
 

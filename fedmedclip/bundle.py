@@ -47,6 +47,7 @@ from fedmedclip.model.fam import FAM_TENSOR_NAMES, fam_shapes
 from fedmedclip.model.head import DEFAULT_HIDDEN, build_head
 from fedmedclip.model.personalised import PersonalisedClassifier
 from fedmedclip.model.prompts import render_prompts
+from fedmedclip.privacy.ledger import PrivacyGuarantee
 from fedmedclip.training.calibration import Calibration
 
 FORMAT = "fedmedclip-bundle"
@@ -102,6 +103,10 @@ class Bundle:
     metrics: dict[str, float] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)  # file name → sha256, as in the manifest
     path: Path | None = None
+    # Differential privacy of the FAM and the head for this site's records (docs/design.md §7, §6.5);
+    # None: no formal guarantee (DP off, or a bundle written before the ledger existed).
+    fam_privacy: PrivacyGuarantee | None = None
+    head_privacy: PrivacyGuarantee | None = None
     calibration: Calibration | None = None  # None: an older bundle, or too little validation data to fit
 
     @property
@@ -144,12 +149,21 @@ class _FileModel(BaseModel):
     sha256: str
 
 
+class _PrivacyModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    epsilon: float
+    delta: float
+    unit: str = "record"
+
+
 class _FamModel(_FileModel):
     version: int
+    privacy: _PrivacyModel | None = None  # absent in bundles written before the privacy ledger
 
 
 class _HeadModel(_FileModel):
     hidden: int
+    privacy: _PrivacyModel | None = None
 
 
 class _CalibrationModel(BaseModel):
@@ -284,6 +298,8 @@ def write_bundle(
     metrics: Mapping[str, float] | None = None,
     version: str | None = None,
     make_current: bool = True,
+    fam_privacy: PrivacyGuarantee | None = None,
+    head_privacy: PrivacyGuarantee | None = None,
     calibration: Calibration | None = None,
 ) -> Bundle:
     """Publish a new bundle version for ``site`` and (by default) make it ``current``; return it verified.
@@ -341,8 +357,18 @@ def write_bundle(
                 "embed_dim": record.embed_dim,
                 "logit_scale": record.logit_scale,
             },
-            "fam": {"version": int(fam_version), "sha256": digests[FAM_FILE]},
-            "head": {"sha256": digests[HEAD_FILE], "hidden": head_hidden} if head is not None else None,
+            "fam": {
+                "version": int(fam_version),
+                "sha256": digests[FAM_FILE],
+                "privacy": None if fam_privacy is None else fam_privacy.to_dict(),
+            },
+            "head": {
+                "sha256": digests[HEAD_FILE],
+                "hidden": head_hidden,
+                "privacy": None if head_privacy is None else head_privacy.to_dict(),
+            }
+            if head is not None
+            else None,
             "prototypes": {"sha256": digests[PROTOTYPES_FILE]},
             "metrics": manifest_metrics,
             "calibration": calibration.to_dict() if calibration is not None else None,
@@ -446,8 +472,19 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
         metrics=dict(manifest.metrics),
         digests=digests,
         path=folder,
+        fam_privacy=_guarantee(folder, manifest.fam.privacy),
+        head_privacy=_guarantee(folder, manifest.head.privacy if manifest.head is not None else None),
         calibration=calibration,
     )
+
+
+def _guarantee(folder: Path, model: _PrivacyModel | None) -> PrivacyGuarantee | None:
+    if model is None:
+        return None
+    try:
+        return PrivacyGuarantee(model.epsilon, model.delta, model.unit)
+    except ValueError as error:
+        raise BundleError(folder, f"{MANIFEST_FILE} has an invalid privacy record: {error}") from error
 
 
 def _read_manifest(folder: Path) -> _ManifestModel:

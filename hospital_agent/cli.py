@@ -317,11 +317,25 @@ def status(
         "cache_dir": str(settings.effective_cache_dir),
         "cache_bytes": cache_bytes,
         "updated_at": saved.get("updated_at") or None,
+        "privacy": _privacy_line(saved.get("privacy") or {}),
     }
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
     _print_status(info)
+
+
+def _privacy_line(privacy: dict[str, Any]) -> str:
+    """The site's privacy position in this run, in words: off, ε so far, or why it stopped contributing."""
+    if privacy.get("budget_spent"):
+        return str(privacy["budget_spent"])
+    ledger = privacy.get("ledger")
+    if ledger:
+        return (
+            f"ε = {ledger['epsilon']:.3f} of {ledger.get('target_epsilon', 0):g} (δ = {ledger['delta']:.1e}) "
+            f"after {ledger.get('rounds', 0)} round(s)"
+        )
+    return "no formal privacy guarantee (differential privacy off, or no round trained yet)"
 
 
 def _print_status(info: dict[str, Any]) -> None:

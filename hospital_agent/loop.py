@@ -14,6 +14,7 @@ raise; ``stop`` (SIGTERM) unwinds through ``AgentStopped`` between or inside wai
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import random
@@ -30,6 +31,8 @@ from fedmedclip.federation.codec import CodecConfig
 from fedmedclip.federation.fam_bytes import fam_from_bytes
 from fedmedclip.federation.run_config import RunConfig
 from fedmedclip.logs import event
+from fedmedclip.privacy.budget import RoundPlan, history_from, next_round, plan_sigma
+from fedmedclip.privacy.ledger import PrivacyGuarantee, PrivacyLedger
 from hospital_agent.adapters import load_site_images, report_skipped
 from hospital_agent.client import AgentStopped, AggregatorError, FederationClient, Interceptor
 from hospital_agent.heartbeat import Heartbeat
@@ -137,7 +140,7 @@ class AgentLoop:
 
     def _serve_run(self, session: RunSession) -> None:
         while True:
-            self.heartbeat.set(session.run_id, "idle")
+            self.heartbeat.set(session.run_id, "budget_spent" if self._budget_spent() else "idle")
             try:
                 task = self.client.poll(session.run_id, self.settings.poll_wait_s)
             except AggregatorError as error:
@@ -176,6 +179,7 @@ class AgentLoop:
         if state.run_id != session.run_id:
             self._event("run joined", run=session.run_id, previous=state.run_id or None, rounds=session.config.rounds)
             state.run_id, state.run_done, state.residual, state.last_round = session.run_id, False, None, 0
+            state.privacy = {}  # the budget is per run (docs/design.md §3.15)
             if state.pending is not None:
                 self._event("update of a finished run dropped", logging.WARNING, run=state.pending.run_id)
                 state.pending = None
@@ -189,6 +193,9 @@ class AgentLoop:
 
     def _train(self, session: RunSession, task: m.TrainTask) -> None:
         state = self.state
+        if self._budget_spent():  # keeps serving its last bundle; waits for the run to end
+            self._sleep(self.settings.idle_poll_s)
+            return
         if state.fam is None or state.fam_version != task.fam_version:
             self._adopt(session, task.fam_version)
         pending = state.pending
@@ -196,6 +203,9 @@ class AgentLoop:
             self._submit_pending()
             return
         assert state.fam is not None
+        allowed, plan = self._privacy_gate(session, task.round)
+        if not allowed:
+            return
         self.heartbeat.set(session.run_id, "training", task.round)
         self._event("training", run=session.run_id, round=task.round, version=task.fam_version)
         outcome = train_round(
@@ -209,6 +219,7 @@ class AgentLoop:
             residual=state.residual,
             seed=self.settings.train_seed,
             device=self.device,
+            privacy=plan,
         )
         if self.heartbeat.abandoned(session.run_id, task.round):
             self._event("round abandoned; work dropped", logging.WARNING, run=session.run_id, round=task.round)
@@ -221,7 +232,8 @@ class AgentLoop:
             seconds=round(outcome.seconds, 3),
             bytes=len(outcome.payload),
             rows_sent=sum(outcome.stats.rows_sent.values()),
-            **_fields({k: v for k, v in outcome.report.items() if k.startswith("val_")}),
+            epsilon=None if outcome.privacy is None else round(outcome.privacy.epsilon, 4),
+            **_fields({k: v for k, v in (outcome.validation or outcome.report).items() if k.startswith("val_")}),
         )
         # Committed before the first upload attempt: a crash from here on resends exactly these bytes.
         state.head, state.head_classes = outcome.head, list(session.data.classes)
@@ -229,13 +241,16 @@ class AgentLoop:
             run_id=session.run_id,
             round=task.round,
             base_version=task.fam_version,
-            num_samples=outcome.num_samples,
+            # Under DP with uniform weighting N is not needed, so it is not sent (docs/design.md §3.15).
+            num_samples=1 if plan is not None and session.config.weighting == "uniform" else outcome.num_samples,
             metrics=outcome.report,
             codec=session.config.codec.to_dict(),
             sha256=outcome.sha256,
             payload=outcome.payload,
             residual=outcome.residual,
+            privacy=None if outcome.privacy is None else outcome.privacy.to_dict(),
         )
+        self._charge(plan)  # in the same commit as the update that spends it: never twice, never lost
         self.store.save(state)
         self._submit_pending()
 
@@ -253,6 +268,7 @@ class AgentLoop:
             sha256=pending.sha256,
             total_bytes=len(pending.payload),
             site=self.site,
+            privacy=None if pending.privacy is None else PrivacyLedger.from_dict(pending.privacy),
         )
         self.heartbeat.set(pending.run_id, "uploading", pending.round)
         try:
@@ -328,6 +344,7 @@ class AgentLoop:
             metrics=metrics,
             keep=self.settings.keep_bundles,
             run_id=session.run_id,
+            fam_privacy=self._fam_guarantee(session),
             calibration=calibration,
         )
         state.metrics, state.metrics_version, state.bundle_version = metrics, version, bundle.version
@@ -336,7 +353,8 @@ class AgentLoop:
 
     def _finish(self, session: RunSession, done: m.DoneTask) -> None:
         state = self.state
-        if done.final_version and (state.fam is None or done.final_version != state.fam_version):
+        spent = self._budget_spent()  # then the last bundle it published stays the one it serves
+        if not spent and done.final_version and (state.fam is None or done.final_version != state.fam_version):
             self._adopt(session, done.final_version)
         state.run_done, state.pending = True, None
         self.store.save(state)
@@ -347,6 +365,86 @@ class AgentLoop:
             reason=done.reason,
             **_fields(state.metrics, "val_"),
         )
+
+    # --- privacy budget -------------------------------------------------------------------------------
+
+    def _budget_spent(self) -> bool:
+        return bool(self.state.privacy.get("budget_spent"))
+
+    def _privacy_gate(self, session: RunSession, round_number: int) -> tuple[bool, RoundPlan | None]:
+        """Whether this site may take part in the round, and its DP-SGD plan under record-level DP.
+
+        Used by plain and secure rounds alike (docs/design.md §6.5): the site's budget decides either way.
+        """
+        if self.settings.max_epsilon is not None and not session.config.privacy.record_level:
+            message = "this site requires differential privacy (max_epsilon is set); the run trains without it"
+            self._stop_contributing(session, round_number, message)
+            return False, None
+        if not session.config.privacy.record_level:
+            return True, None
+        plan = self._privacy_plan(session, round_number)
+        return plan is not None, plan
+
+    def _charge(self, plan: RoundPlan | None) -> None:
+        """Record the round's privacy cost in the state; the caller saves it before anything leaves the site."""
+        if plan is None:
+            return
+        history = self.state.privacy.setdefault("history", [])
+        history.append({"sample_rate": plan.sample_rate, "sigma": plan.sigma, "steps": plan.steps})
+        self.state.privacy["ledger"] = plan.ledger.to_dict()
+
+    def _privacy_plan(self, session: RunSession, round_number: int) -> RoundPlan | None:
+        """This round's DP-SGD plan, or ``None`` after recording that the budget allows no further round."""
+        config, state = session.config.privacy, self.state
+        if self.settings.max_epsilon is not None and self.settings.max_epsilon < config.target_epsilon:
+            config = dataclasses.replace(config, target_epsilon=self.settings.max_epsilon)  # the site's own cap
+        num_samples = int(session.data.part("train")[1].numel())
+        epochs = session.config.train.local_epochs
+        if state.privacy.get("sigma") is None:
+            state.privacy["sigma"] = plan_sigma(config, num_samples, session.config.rounds, epochs)
+        history = history_from(state.privacy.get("history", []))
+        plan = next_round(config, num_samples, float(state.privacy["sigma"]), history, epochs)
+        if isinstance(plan, RoundPlan):
+            return plan
+        self._stop_contributing(
+            session,
+            round_number,
+            plan.message(),
+            epsilon=round(plan.epsilon_spent, 4),
+            epsilon_next=round(plan.epsilon_next, 4),
+            target_epsilon=plan.target_epsilon,
+        )
+        return None
+
+    def _stop_contributing(self, session: RunSession, round_number: int, reason: str, **fields: object) -> None:
+        self.state.privacy["budget_spent"] = reason
+        self.store.save(self.state)
+        self._event(
+            "privacy budget spent; no longer contributing to this run (the last bundle keeps serving)",
+            logging.WARNING,
+            run=session.run_id,
+            round=round_number,
+            reason=reason,
+            **fields,
+        )
+        self.heartbeat.set(session.run_id, "budget_spent")
+        try:  # tell the aggregator now rather than at the next beat, so it stops waiting for this site
+            self.client.heartbeat(session.run_id, "budget_spent", 0)
+        except AggregatorError as error:
+            self._event(
+                "could not report the spent budget yet; the heartbeat repeats it", logging.DEBUG, code=error.code
+            )
+
+    def _fam_guarantee(self, session: RunSession) -> PrivacyGuarantee | None:
+        """The FAM's guarantee for this site's records: the latest charged ledger (ε = 0 before any round)."""
+        config = session.config.privacy
+        if not config.record_level:
+            return None
+        ledger = self.state.privacy.get("ledger")
+        if ledger:
+            return PrivacyGuarantee(float(ledger["epsilon"]), float(ledger["delta"]))
+        num_samples = int(session.data.part("train")[1].numel())
+        return PrivacyGuarantee(0.0, config.delta_for(num_samples))
 
     # --- helpers ----------------------------------------------------------------------------------------
 

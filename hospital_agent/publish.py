@@ -14,6 +14,7 @@ import torch
 
 from fedmedclip.bundle import BackboneRecord, Bundle, prune_versions, write_bundle
 from fedmedclip.logs import event
+from fedmedclip.privacy.ledger import PrivacyGuarantee, describe
 from fedmedclip.training.calibration import Calibration
 
 log = logging.getLogger("hospital_agent.publish")
@@ -34,6 +35,7 @@ def publish_bundle(
     metrics: Mapping[str, float],
     keep: int,
     run_id: str = "",
+    fam_privacy: PrivacyGuarantee | None = None,
     calibration: Calibration | None = None,
 ) -> Bundle:
     """Write and switch to a new bundle version, then delete all but the newest ``keep`` versions.
@@ -53,6 +55,7 @@ def publish_bundle(
         head_state=head,
         head_hidden=head_hidden,
         metrics=metrics,
+        fam_privacy=fam_privacy,
         calibration=calibration,
     )
     removed = prune_versions(root, site, keep)
@@ -64,6 +67,7 @@ def publish_bundle(
         version=fam_version,
         bundle=bundle.version,
         has_head=head is not None,
+        privacy=describe(fam_privacy),
         temperature=round(calibration.temperature, 4) if calibration else None,
         val_ece=round(calibration.ece_before, 4) if calibration else None,
         val_ece_calibrated=round(calibration.ece_after, 4) if calibration else None,

@@ -98,9 +98,15 @@ class SecurePhases:
         if self.work is not None and self.work.round == task.round:  # a lost reply: the same keys again
             self._send_keys(session, self.work)
             return
+        if agent._budget_spent():  # no further contribution; the last bundle keeps serving (design §3.15)
+            agent._sleep(float(agent.settings.poll_wait_s))
+            return
         if state.fam is None or state.fam_version != task.fam_version:
             agent._adopt(session, task.fam_version)
         assert state.fam is not None
+        allowed, plan = agent._privacy_gate(session, task.round)  # record-level DP composes with secure rounds
+        if not allowed:
+            return
         agent.heartbeat.set(session.run_id, "training", task.round)
         agent._event("training", run=session.run_id, round=task.round, version=task.fam_version, secure=True)
         config = session.config
@@ -115,6 +121,7 @@ class SecurePhases:
             residual=state.residual,
             seed=agent.settings.train_seed,
             device=agent.device,
+            privacy=plan,
         )
         if agent.heartbeat.abandoned(session.run_id, task.round):
             agent._event("round abandoned; work dropped", logging.WARNING, run=session.run_id, round=task.round)
@@ -131,6 +138,7 @@ class SecurePhases:
             encoding.site_weight(secure, outcome.num_samples, config.weighting),
         )
         state.head, state.head_classes = outcome.head, list(session.data.classes)
+        agent._charge(plan)  # saved before the first key leaves: the noised vector may now reach the sum
         agent.store.save(state)
         self.work = SecureWork(
             session.run_id, task.round, task.fam_version, SecAggClient(agent.site), encoded, config.embed_dim

@@ -135,6 +135,12 @@ class AgentSettings(ServiceSettings):
     embed_batch_size: int = Field(default=64, ge=1, description="Images per backbone pass.")
     embed_workers: int = Field(default=2, ge=0, description="DataLoader worker processes decoding images.")
     train_seed: int = Field(default=0, ge=0, description="Seed of the head's initialisation and batch order.")
+    max_epsilon: float | None = Field(
+        default=None,
+        gt=0,
+        description="This site's own privacy budget per run: caps the run's target ε; when set, the site takes "
+        "no part in runs without record-level differential privacy.",
+    )
     torch_threads: int | None = Field(default=None, ge=1, description="Cap torch's CPU threads (shared servers).")
 
     poll_wait_s: int = Field(default=20, ge=0, le=60, description="How long a PollTask may be held.")

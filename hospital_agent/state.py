@@ -55,6 +55,7 @@ class PendingUpdate:
     sha256: str
     payload: bytes
     residual: dict[str, torch.Tensor]  # becomes the state's residual once the update is accepted
+    privacy: dict[str, Any] | None = None  # PrivacyLedger.to_dict() sent in the header; None without DP
 
 
 @dataclass
@@ -73,6 +74,10 @@ class AgentState:
     bundle_version: str = ""
     pending: PendingUpdate | None = None
     updated_at: str = ""
+    # Record-level DP of the current run (docs/design.md §3.15): "sigma", "history" (one entry of
+    # sample_rate, sigma, steps per round the budget was charged for), "ledger" (the latest guarantee) and
+    # "budget_spent" (why the site stopped contributing; empty while it still may).
+    privacy: dict[str, Any] = field(default_factory=dict)
 
 
 class StateStore:
@@ -154,6 +159,7 @@ class StateStore:
             "metrics_version": state.metrics_version,
             "bundle_version": state.bundle_version,
             "updated_at": state.updated_at,
+            "privacy": dict(state.privacy),
             "pending": None
             if pending is None
             else {
@@ -166,6 +172,7 @@ class StateStore:
                 "sha256": pending.sha256,
                 "payload": self._put_blob("update", "bin", pending.payload),
                 "residual": self._put_tensors("pending-residual", pending.residual),
+                "privacy": pending.privacy,
             },
         }
         write_atomic(self.directory / STATE_FILE, json.dumps(data, indent=1, allow_nan=False).encode())
@@ -218,6 +225,7 @@ class StateStore:
                 sha256=str(raw_pending["sha256"]),
                 payload=self._get_blob(raw_pending["payload"]),
                 residual=residual or {},
+                privacy=raw_pending.get("privacy"),
             )
         return AgentState(
             site=str(data["site"]),
@@ -234,6 +242,7 @@ class StateStore:
             bundle_version=str(data["bundle_version"]),
             pending=pending,
             updated_at=str(data["updated_at"]),
+            privacy=dict(data.get("privacy") or {}),  # absent in states written before the privacy ledger
         )
 
     def _collect(self, data: Mapping[str, Any]) -> None:

@@ -27,6 +27,9 @@ from fedmedclip.model.backbone import Backbone, BackboneSpec
 from fedmedclip.model.head import build_head
 from fedmedclip.model.personalised import PersonalisedClassifier
 from fedmedclip.model.prompts import DEFAULT_TEMPLATES
+from fedmedclip.privacy.budget import RoundPlan
+from fedmedclip.privacy.dp_round import DpSgdPlan, train_private_round
+from fedmedclip.privacy.ledger import PrivacyLedger
 from fedmedclip.training.calibration import Calibration, fit_temperature
 from fedmedclip.training.local_round import train_local_round
 from fedmedclip.training.metrics import ensemble_report
@@ -200,6 +203,8 @@ class RoundOutcome:
     report: dict[str, float]  # what goes into the update header: train losses and validation accuracies
     stats: CodecStats
     seconds: float
+    privacy: PrivacyLedger | None = None  # the guarantee after this round under record-level DP
+    validation: dict[str, float] | None = None  # local validation of the round (logged, sent only without DP)
     fam: dict[str, torch.Tensor] | None = None  # the local FAM after the round (secure rounds encode from it)
 
 
@@ -215,21 +220,41 @@ def train_round(
     residual: dict[str, torch.Tensor] | None,
     seed: int,
     device: torch.device,
+    privacy: RoundPlan | None = None,
 ) -> RoundOutcome:
-    """One local round from ``global_fam``; the update is ``Δ + residual`` encoded with the run's codec."""
+    """One local round from ``global_fam``; the update is ``Δ + residual`` encoded with the run's codec.
+
+    With a ``privacy`` plan the FAM trains by DP-SGD (docs/design.md §3.15) and the header carries only the
+    privacy ledger: train losses and validation accuracies are un-noised functions of the records, so under
+    DP they stay in the site's log.
+    """
     started = time.perf_counter()
     features, labels = site.part("train")
-    result = train_local_round(
-        features.to(device),
-        labels.to(device),
-        prototypes.to(device),
-        global_fam,
-        head,
-        logit_scale=logit_scale,
-        config=config.train,
-        round_index=round_number - 1,
-        seed=seed,
-    )
+    if privacy is None:
+        result = train_local_round(
+            features.to(device),
+            labels.to(device),
+            prototypes.to(device),
+            global_fam,
+            head,
+            logit_scale=logit_scale,
+            config=config.train,
+            round_index=round_number - 1,
+            seed=seed,
+        )
+    else:
+        result = train_private_round(
+            features.to(device),
+            labels.to(device),
+            prototypes.to(device),
+            global_fam,
+            head,
+            logit_scale=logit_scale,
+            plan=DpSgdPlan(privacy.clip_norm, privacy.sigma, privacy.sample_rate, privacy.steps),
+            config=config.train,
+            round_index=round_number - 1,
+            seed=seed,
+        )
     local_fam = {name: tensor.cpu() for name, tensor in result.fam_state.items()}
     new_head = {name: tensor.cpu() for name, tensor in result.head_state.items()}
     if residual is not None and set(residual) != set(local_fam):
@@ -248,6 +273,9 @@ def train_round(
     )
     report = {wire: result.metrics[name] for name, wire in _TRAIN_REPORTED.items() if name in result.metrics}
     report.update({f"val_{name}": value for name, value in validation.items()})
+    local_report = dict(report)
+    if privacy is not None:
+        report = {}
     return RoundOutcome(
         payload=encoded.payload,
         sha256=encoded.sha256,
@@ -257,5 +285,7 @@ def train_round(
         report=report,
         stats=encoded.stats,
         seconds=time.perf_counter() - started,
+        privacy=None if privacy is None else privacy.ledger,
+        validation=local_report,
         fam=local_fam,
     )

@@ -53,6 +53,21 @@ class SitesResponse(BaseModel):
     sites: list[SiteSummary]
 
 
+class ModelPrivacy(BaseModel):
+    """The differential-privacy guarantee of one part of the served model, for the site's own records."""
+
+    statement: str = Field(
+        description='"trained with differential privacy, ε = …, δ = …" or "no formal privacy guarantee".'
+    )
+    epsilon: float | None = Field(description="ε of the guarantee; null without one.")
+    delta: float | None = Field(description="δ of the guarantee; null without one.")
+
+
+class SitePrivacy(BaseModel):
+    fam: ModelPrivacy = Field(description="The federated FAM: the only part trained from several sites' data.")
+    head: ModelPrivacy = Field(description="The site's private head, which never leaves the site.")
+
+
 class SiteDetail(SiteSummary):
     current: str | None = Field(description="The version the site's `current` pointer names on disk.")
     versions: list[str] = Field(description="Versions on disk, oldest first.")
@@ -65,6 +80,7 @@ class SiteDetail(SiteSummary):
         description="The fitted temperature and ECE before/after on validation, as in the manifest."
     )
     last_error: str | None = Field(description="Why the newest version was refused, if it was.")
+    privacy: SitePrivacy | None = Field(description="Privacy of the served model, from its manifest; null: none.")
 
 
 class Health(BaseModel):

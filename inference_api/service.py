@@ -12,6 +12,7 @@ import torch
 
 from fedmedclip.bundle import Bundle, list_versions
 from fedmedclip.model.ensemble import EnsembleOutput
+from fedmedclip.privacy.ledger import PrivacyGuarantee, describe
 from inference_api.batcher import MicroBatcher
 from inference_api.decoding import Upload, prepare_batch
 from inference_api.errors import (
@@ -27,9 +28,11 @@ from inference_api.registry import LoadedBundle, ModelRegistry, SiteState
 from inference_api.schemas import (
     Contributions,
     ImagePrediction,
+    ModelPrivacy,
     PredictResponse,
     Readiness,
     SiteDetail,
+    SitePrivacy,
     SitesResponse,
     SiteSummary,
 )
@@ -191,6 +194,15 @@ def describe_site(services: Services, site: str) -> SiteDetail:
         backbone=bundle.backbone.spec.describe() if bundle else None,
         calibration=bundle.calibration.to_dict() if bundle and bundle.calibration else None,
         last_error=state.error,
+        privacy=SitePrivacy(fam=_privacy(bundle.fam_privacy), head=_privacy(bundle.head_privacy)) if bundle else None,
+    )
+
+
+def _privacy(guarantee: PrivacyGuarantee | None) -> ModelPrivacy:
+    return ModelPrivacy(
+        statement=describe(guarantee),
+        epsilon=None if guarantee is None else guarantee.epsilon,
+        delta=None if guarantee is None else guarantee.delta,
     )
 
 

@@ -84,6 +84,7 @@ class UpdateRecord:
     payload_bytes: int
     sha256: str
     received_at: datetime
+    privacy: Mapping[str, Any] | None = None  # the site's privacy ledger (PrivacyLedger.to_dict()); None: no DP
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class NewUpdate:
     payload: bytes
     sha256: str
     received_at: datetime
+    privacy: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def update_payloads(self, update_ids: Sequence[int]) -> dict[int, bytes]: ...
+
+    # --- privacy budgets -------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def mark_budget_spent(self, run_id: str, site_id: int, now: datetime) -> bool:
+        """Record that the site's privacy budget allows no further round of the run; True if newly recorded."""
+
+    @abc.abstractmethod
+    def budget_spent_sites(self, run_id: str) -> dict[str, datetime]:
+        """Site name → when it reported its budget spent, for the run."""
 
     # --- FAM versions ----------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -146,6 +146,18 @@ class UpdateRow(Base):
     payload_bytes: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[datetime]
+    # The site's privacy ledger (ε, δ, σ, C, q, steps) sent with the update; NULL without DP (§6.5).
+    privacy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
+
+
+class BudgetSpentRow(Base):
+    """A site that told the aggregator its privacy budget allows no further round of this run (not a fault)."""
+
+    __tablename__ = "budget_spent"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), primary_key=True)
+    at: Mapped[datetime]
 
 
 class MaskedInputRow(Base):

@@ -38,6 +38,7 @@ from aggregator_service.store.base import (
 from aggregator_service.store.engine import create_engines, upgrade_to_head
 from aggregator_service.store.schema import (
     AuditRow,
+    BudgetSpentRow,
     ContributionRow,
     FamVersionRow,
     MaskedInputRow,
@@ -468,6 +469,7 @@ class SqlStore(Store):
             payload_bytes=len(update.payload),
             sha256=update.sha256,
             received_at=update.received_at,
+            privacy=None if update.privacy is None else dict(update.privacy),
         )
         session.add(row)
         site.last_seen = update.received_at
@@ -492,6 +494,24 @@ class SqlStore(Store):
                 .where(UpdateRow.round_id == round_id, UpdateRow.site_id == site_id)
             ).first()
             return None if found is None else _update(found[0], found[1])
+
+    def mark_budget_spent(self, run_id: str, site_id: int, now: datetime) -> bool:
+        with self._write() as session:
+            if session.get(RunRow, run_id) is None:
+                raise NotFound(f"no run {run_id!r}")
+            if session.get(BudgetSpentRow, (run_id, site_id)) is not None:
+                return False
+            session.add(BudgetSpentRow(run_id=run_id, site_id=site_id, at=now))
+            return True
+
+    def budget_spent_sites(self, run_id: str) -> dict[str, datetime]:
+        with self._read() as session:
+            rows = session.execute(
+                select(SiteRow.name, BudgetSpentRow.at)
+                .join(SiteRow, SiteRow.id == BudgetSpentRow.site_id)
+                .where(BudgetSpentRow.run_id == run_id)
+            )
+            return {name: at for name, at in rows}
 
     def update_payloads(self, update_ids: Sequence[int]) -> dict[int, bytes]:
         if not update_ids:
@@ -668,6 +688,7 @@ def _update(row: UpdateRow, site: str) -> UpdateRecord:
         payload_bytes=row.payload_bytes,
         sha256=row.sha256,
         received_at=row.received_at,
+        privacy=None if row.privacy is None else dict(row.privacy),
     )
 
 

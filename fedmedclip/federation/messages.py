@@ -16,13 +16,14 @@ from typing import Literal
 
 from fedmedclip.federation.codec import CodecConfig
 from fedmedclip.federation.run_config import RunConfig
+from fedmedclip.privacy.ledger import PrivacyLedger
 from fedmedclip.secagg.protocol import AdvertisedKeys, RevealedShare, SealedShares
 
 __all__ = ["AdvertisedKeys", "RevealedShare", "SealedShares"]  # the secure phases' items, re-exported
 
 MODEL_FORMAT_SAFETENSORS = "safetensors"
 
-SiteActivity = Literal["idle", "embedding", "training", "uploading"]
+SiteActivity = Literal["idle", "embedding", "training", "uploading", "budget_spent"]
 
 
 class RunState(enum.Enum):
@@ -43,6 +44,7 @@ class ParticipationState(enum.Enum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"
     MISSING = "missing"
+    BUDGET_SPENT = "budget_spent"  # no update because the site's privacy budget is spent: not a fault
 
 
 # --- shared ---------------------------------------------------------------------------------------------
@@ -172,6 +174,7 @@ class UpdateHeader:
     sha256: str
     total_bytes: int
     site: str = ""  # optional self-check; the aggregator takes the identity from the token
+    privacy: PrivacyLedger | None = None  # the site's privacy ledger after this round (§6.5); None: no DP
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,7 @@ class SiteParticipation:
     received_at: datetime | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
     message: str = ""  # why an update was rejected
+    privacy: PrivacyLedger | None = None  # the ledger the site sent with its update
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fedmedclip.federation.aggregate import Weighting
 from fedmedclip.federation.codec import CodecConfig
+from fedmedclip.privacy.config import PrivacyConfig
 from fedmedclip.secagg.config import SecureAggregationConfig
 from fedmedclip.training.config import TrainConfig
 
@@ -70,6 +71,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     prompt_templates: tuple[str, ...] = ()  # empty: the library default templates
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # differential privacy (§3.15); off by default
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
 
     def __post_init__(self) -> None:
@@ -117,6 +119,7 @@ class RunConfig:
             "train": self.train.to_dict(),
             "codec": self.codec.to_dict(),
             "prompt_templates": list(self.prompt_templates),
+            "privacy": self.privacy.to_dict(),
             "secure_aggregation": self.secure_aggregation.to_dict(),
         }
 
@@ -139,6 +142,8 @@ class RunConfig:
             values["train"] = TrainConfig.from_dict(dict(values["train"]))
         if isinstance(values.get("codec"), Mapping):
             values["codec"] = CodecConfig.from_dict(values["codec"])
+        if isinstance(values.get("privacy"), Mapping):
+            values["privacy"] = PrivacyConfig.from_dict(values["privacy"])
         if isinstance(values.get("secure_aggregation"), Mapping):
             values["secure_aggregation"] = SecureAggregationConfig.from_dict(values["secure_aggregation"])
         if "prompt_templates" in values:

@@ -26,6 +26,8 @@ from fedmedclip.federation.aggregate import Weighting
 from fedmedclip.federation.codec import CodecConfig, Compression, Quantization
 from fedmedclip.federation.messages import SiteActivity
 from fedmedclip.federation.run_config import BackboneRef, LatePolicy, RunConfig
+from fedmedclip.privacy.config import PrivacyConfig
+from fedmedclip.privacy.ledger import PrivacyLedger
 from fedmedclip.rpc.v1 import admin_pb2 as admin_pb
 from fedmedclip.rpc.v1 import common_pb2 as pb
 from fedmedclip.rpc.v1 import federation_pb2 as fed_pb
@@ -210,9 +212,59 @@ def run_config_to_proto(config: RunConfig) -> pb.RunConfig:
     )
     if config.norm_bound is not None:
         message.norm_bound = config.norm_bound
+    if config.privacy != PrivacyConfig():
+        message.privacy.CopyFrom(privacy_config_to_proto(config.privacy))
     if config.secure_aggregation != SecureAggregationConfig():
         message.secure_aggregation.CopyFrom(secure_config_to_proto(config.secure_aggregation))
     return message
+
+
+_PRIVACY_OPTIONAL = (
+    "target_epsilon",
+    "delta",
+    "clip_norm",
+    "noise_multiplier",
+    "batch_size",
+    "site_noise_multiplier",
+    "site_count_noise",
+    "site_target_quantile",
+    "site_initial_clip",
+    "site_clip_lr",
+    "site_sample_rate",
+)
+
+
+def privacy_config_to_proto(config: PrivacyConfig) -> pb.PrivacyConfig:
+    message = pb.PrivacyConfig(mode=config.mode)
+    for name in _PRIVACY_OPTIONAL:
+        value = getattr(config, name)
+        if value is not None:
+            setattr(message, name, value)
+    return message
+
+
+def privacy_config_from_proto(message: pb.PrivacyConfig) -> PrivacyConfig:
+    """Unset fields take the library defaults; raises ``ValueError`` for settings that cannot hold."""
+    values: dict[str, Any] = {name: getattr(message, name) for name in _PRIVACY_OPTIONAL if message.HasField(name)}
+    return PrivacyConfig(mode=message.mode or "off", **values)  # type: ignore[arg-type]
+
+
+def privacy_ledger_to_proto(ledger: PrivacyLedger) -> pb.PrivacyLedger:
+    return pb.PrivacyLedger(**ledger.to_dict())
+
+
+def privacy_ledger_from_proto(message: pb.PrivacyLedger) -> PrivacyLedger:
+    """Raises ``ValueError`` for a ledger with impossible values (negative ε, a rate above 1...)."""
+    return PrivacyLedger(
+        epsilon=message.epsilon,
+        delta=message.delta,
+        sigma=message.sigma,
+        clip_norm=message.clip_norm,
+        sample_rate=message.sample_rate,
+        steps=message.steps,
+        rounds=message.rounds,
+        target_epsilon=message.target_epsilon,
+    )
 
 
 def secure_config_to_proto(config: SecureAggregationConfig) -> pb.SecureAggregationConfig:
@@ -272,6 +324,7 @@ def run_config_from_proto(message: pb.RunConfig) -> RunConfig:
         train=train_config_from_proto(message.train),
         codec=codec_config_from_proto(message.codec),
         prompt_templates=tuple(message.prompt_templates),
+        privacy=privacy_config_from_proto(message.privacy) if message.HasField("privacy") else PrivacyConfig(),
         secure_aggregation=(
             secure_config_from_proto(message.secure_aggregation)
             if message.HasField("secure_aggregation")
@@ -330,6 +383,7 @@ _ACTIVITY: dict[SiteActivity, int] = {
     "embedding": fed_pb.SITE_ACTIVITY_EMBEDDING,
     "training": fed_pb.SITE_ACTIVITY_TRAINING,
     "uploading": fed_pb.SITE_ACTIVITY_UPLOADING,
+    "budget_spent": fed_pb.SITE_ACTIVITY_BUDGET_SPENT,
 }
 _RUN_STATE: dict[m.RunState, int] = {
     m.RunState.RUNNING: admin_pb.RUN_STATE_RUNNING,
@@ -347,6 +401,7 @@ _PARTICIPATION: dict[m.ParticipationState, int] = {
     m.ParticipationState.ACCEPTED: admin_pb.PARTICIPATION_STATE_ACCEPTED,
     m.ParticipationState.REJECTED: admin_pb.PARTICIPATION_STATE_REJECTED,
     m.ParticipationState.MISSING: admin_pb.PARTICIPATION_STATE_MISSING,
+    m.ParticipationState.BUDGET_SPENT: admin_pb.PARTICIPATION_STATE_BUDGET_SPENT,
 }
 
 
@@ -643,6 +698,8 @@ def update_header_to_proto(header: m.UpdateHeader) -> fed_pb.UpdateHeader:
     )
     if header.codec is not None:
         message.codec.CopyFrom(codec_config_to_proto(header.codec))
+    if header.privacy is not None:
+        message.privacy.CopyFrom(privacy_ledger_to_proto(header.privacy))
     return message
 
 
@@ -652,6 +709,10 @@ def update_header_from_proto(message: fed_pb.UpdateHeader) -> m.UpdateHeader:
         codec = codec_config_from_proto(message.codec) if message.HasField("codec") else None
     except ValueError as exc:
         raise ValueError(f"header codec: {exc}") from exc
+    try:
+        privacy = privacy_ledger_from_proto(message.privacy) if message.HasField("privacy") else None
+    except ValueError as exc:
+        raise ValueError(f"header privacy: {exc}") from exc
     return m.UpdateHeader(
         run_id=message.run_id,
         round=message.round,
@@ -662,6 +723,7 @@ def update_header_from_proto(message: fed_pb.UpdateHeader) -> m.UpdateHeader:
         sha256=message.sha256,
         total_bytes=message.total_bytes,
         site=message.site,
+        privacy=privacy,
     )
 
 
@@ -779,6 +841,8 @@ def participation_to_proto(part: m.SiteParticipation) -> admin_pb.SiteParticipat
         message=part.message,
     )
     _set_time(message.received_at, part.received_at)
+    if part.privacy is not None:
+        message.privacy.CopyFrom(privacy_ledger_to_proto(part.privacy))
     return message
 
 
@@ -791,6 +855,7 @@ def participation_from_proto(message: admin_pb.SiteParticipation) -> m.SiteParti
         received_at=_time(message, "received_at"),
         metrics=dict(message.metrics),
         message=message.message,
+        privacy=privacy_ledger_from_proto(message.privacy) if message.HasField("privacy") else None,
     )
 
 

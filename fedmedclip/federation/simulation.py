@@ -18,8 +18,13 @@ from fedmedclip.federation.codec import CodecConfig, decode_update, encode_updat
 from fedmedclip.federation.delta import alive_rows_of, fam_delta
 from fedmedclip.model.fam import build_fam, fam_state
 from fedmedclip.model.personalised import PersonalisedClassifier
+from fedmedclip.privacy.accountant import GaussianSteps
+from fedmedclip.privacy.budget import RoundPlan, next_round, plan_sigma
+from fedmedclip.privacy.config import PrivacyConfig
+from fedmedclip.privacy.dp_round import DpSgdPlan, train_private_round
+from fedmedclip.privacy.ledger import PrivacyLedger
 from fedmedclip.training.config import TrainConfig
-from fedmedclip.training.local_round import train_local_round
+from fedmedclip.training.local_round import RoundResult, train_local_round
 from fedmedclip.training.metrics import ensemble_report
 
 # Sending every alive row at full precision: the "dense fp32" update the masked codec is compared with.
@@ -45,6 +50,8 @@ class SimulationConfig:
     weighting: Literal["samples", "uniform"] = "samples"
     aggregate: bool = True  # False: each site keeps its own FAM (the "no aggregation" ablation)
     seed: int = 0
+    # Record-level DP (docs/design.md §3.15): each site plans σ for all rounds and trains its FAM by DP-SGD.
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
 @dataclass
@@ -98,23 +105,28 @@ def run_federation(
     heads: dict[str, dict[str, torch.Tensor] | None] = {site.name: None for site in sites}
     residuals: dict[str, dict[str, torch.Tensor] | None] = {site.name: None for site in sites}
     records: list[RoundRecord] = []
+    budgets = {site.name: _SiteBudget(config, site) for site in sites} if config.privacy.record_level else {}
     for round_index in range(config.rounds):
         updates: list[SiteUpdate] = []
         record = RoundRecord(round_index, {}, {}, {})
         for site_index, site in enumerate(sites):
             start = global_fam if config.aggregate else local_fams[site.name]
             features, labels = site.train
-            result = train_local_round(
-                features,
-                labels,
-                site.prototypes,
-                start,
-                heads[site.name],
-                logit_scale=logit_scale,
-                config=config.train,
-                round_index=round_index,
-                seed=config.seed * 1000 + site_index,
-            )
+            seed = config.seed * 1000 + site_index
+            if site.name in budgets:
+                result = budgets[site.name].train(start, heads[site.name], logit_scale, round_index, seed)
+            else:
+                result = train_local_round(
+                    features,
+                    labels,
+                    site.prototypes,
+                    start,
+                    heads[site.name],
+                    logit_scale=logit_scale,
+                    config=config.train,
+                    round_index=round_index,
+                    seed=seed,
+                )
             heads[site.name] = result.head_state
             local_fams[site.name] = result.fam_state
             record.train_metrics[site.name] = result.metrics
@@ -141,3 +153,46 @@ def run_federation(
             on_round(record)
     final_heads = {name: head for name, head in heads.items() if head is not None}
     return SimulationResult(global_fam, final_heads, records)
+
+
+class _SiteBudget:
+    """A simulated site's DP-SGD plan and ledger: σ calibrated so that all rounds fit the target ε."""
+
+    def __init__(self, config: SimulationConfig, site: SiteTensors) -> None:
+        self.privacy, self.site = config.privacy, site
+        self.train_config = config.train
+        self.num_samples = int(site.train[1].numel())
+        self.sigma = plan_sigma(config.privacy, self.num_samples, config.rounds, config.train.local_epochs)
+        self.history: list[GaussianSteps] = []
+        self.ledger: PrivacyLedger | None = None
+
+    def train(
+        self,
+        start: dict[str, torch.Tensor],
+        head: dict[str, torch.Tensor] | None,
+        logit_scale: float,
+        round_index: int,
+        seed: int,
+    ) -> RoundResult:
+        plan = next_round(self.privacy, self.num_samples, self.sigma, self.history, self.train_config.local_epochs)
+        if not isinstance(plan, RoundPlan):
+            raise ValueError(plan.message())
+        self.history.append(GaussianSteps(plan.sample_rate, plan.sigma, plan.steps))
+        self.ledger = plan.ledger
+        features, labels = self.site.train
+        result = train_private_round(
+            features,
+            labels,
+            self.site.prototypes,
+            start,
+            head,
+            logit_scale=logit_scale,
+            plan=DpSgdPlan(
+                plan.clip_norm, plan.sigma, plan.sample_rate, plan.steps, noise_seed=seed * 7919 + round_index
+            ),
+            config=self.train_config,
+            round_index=round_index,
+            seed=seed,
+        )
+        result.metrics["dp_epsilon"] = plan.ledger.epsilon
+        return result

@@ -43,6 +43,21 @@
     return body;
   }
 
+  // The site's privacy guarantee, as its bundle manifest records it (docs/design.md §6.5).
+  async function showPrivacy() {
+    $("privacy-fam").textContent = "";
+    $("privacy-head").textContent = "";
+    if (!siteSelect.value) return;
+    try {
+      const body = await call(`/v1/sites/${encodeURIComponent(siteSelect.value)}`);
+      if (!body.privacy) return;
+      $("privacy-fam").textContent = `Shared model: ${body.privacy.fam.statement}.`;
+      $("privacy-head").textContent = `Private head: ${body.privacy.head.statement} (it never leaves this site).`;
+    } catch (error) {
+      showError(error.message);
+    }
+  }
+
   function updateButton() {
     classify.disabled = !(siteSelect.value && fileInput.files && fileInput.files.length);
   }
@@ -68,6 +83,7 @@
       siteSelect.disabled = body.sites.length === 0;
       showWarning(warnings.get(siteSelect.value));
       setStatus(ready.length ? `${ready.length} site(s) ready.` : "No site has a model yet.");
+      await showPrivacy();
     } catch (error) {
       setStatus("");
       showError(error.message);
@@ -154,6 +170,7 @@
   $("connect").addEventListener("click", loadSites);
   keyInput.addEventListener("keydown", (e) => { if (e.key === "Enter") loadSites(); });
   siteSelect.addEventListener("change", selectedSiteChanged);
+  siteSelect.addEventListener("change", showPrivacy);
   fileInput.addEventListener("change", updateButton);
   $("predict-form").addEventListener("submit", predict);
   if (keyInput.value) loadSites();

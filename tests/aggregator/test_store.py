@@ -200,3 +200,23 @@ def test_audit_log_and_aware_timestamps(store: SqlStore) -> None:
     assert oldest.at == T0 and oldest.at.tzinfo is not None
     assert [a.code for a in store.list_audit(outcome="refused")] == ["UNAUTHENTICATED"]
     assert [a.action for a in store.list_audit(run_id="run-1")] == ["StartRun"]
+
+
+def test_privacy_ledger_and_budget_spent_are_stored_per_run_and_site(store: SqlStore) -> None:
+    site = store.add_site("site-a", "", "h" * 64, T0)
+    other = store.add_site("site-b", "", "g" * 64, T0)
+    started = start(store)
+    ledger = {"epsilon": 1.25, "delta": 1e-5, "sigma": 1.1, "clip_norm": 1.0, "sample_rate": 0.25, "steps": 8}
+    record, _ = store.add_update(
+        NewUpdate(started.first_round.id, site.id, started.initial_version, 7, {}, b"p", "33" * 32, T0, ledger)
+    )
+    assert record.privacy == ledger
+    add_update(store, started.first_round.id, other.id, started.initial_version)
+    by_site = {u.site: u.privacy for u in store.list_updates(started.first_round.id)}
+    assert by_site == {"site-a": ledger, "site-b": None}
+    assert store.budget_spent_sites("run-1") == {}
+    assert store.mark_budget_spent("run-1", site.id, LATER) is True
+    assert store.mark_budget_spent("run-1", site.id, LATER + timedelta(minutes=1)) is False  # recorded once
+    assert store.budget_spent_sites("run-1") == {"site-a": LATER}
+    with pytest.raises(NotFound):
+        store.mark_budget_spent("no-such-run", site.id, LATER)

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fedmedclip.model.backbone import Backbone, BackboneSpec
+from fedmedclip.privacy.ledger import PrivacyGuarantee
 from fedmedclip.training.calibration import Calibration
 from inference_api.app import create_app
 from inference_api.keys import hash_key
@@ -32,10 +33,14 @@ def key_configs() -> list[ApiKeyConfig]:
     ]
 
 
+SITE_B_EPSILON = 3.0
+
+
 def populate(root: Path, backbone: Backbone) -> None:
-    """site-a (3 classes, uncalibrated), site-b (2 classes, another head, calibrated), site-empty (a folder,
-    no bundle yet)."""
+    """site-a (3 classes, uncalibrated, no DP), site-b (2 classes, another head, calibrated, trained with
+    record-level DP), site-empty (a folder, no bundle yet)."""
     publish(root, "site-a", backbone, version="v0001", fam_version=4)
+    site_b_privacy = PrivacyGuarantee(SITE_B_EPSILON, 1e-5)
     publish(
         root,
         "site-b",
@@ -44,6 +49,7 @@ def populate(root: Path, backbone: Backbone) -> None:
         classes=SITE_B_CLASSES,
         seed=1,
         fam_version=4,
+        fam_privacy=site_b_privacy,
         calibration=SITE_B_CALIBRATION,
     )
     (root / "site-empty").mkdir()

@@ -71,6 +71,19 @@ def test_site_detail_shows_classes_versions_and_manifest_metrics(client):
     assert body["last_error"] is None
 
 
+def test_site_detail_states_the_privacy_guarantee_or_its_absence(client):
+    private = client.get("/v1/sites/site-b", headers=auth("b")).json()["privacy"]
+    assert private["fam"] == {
+        "statement": "trained with differential privacy, ε = 3.00, δ = 1.0e-05",
+        "epsilon": 3.0,
+        "delta": 1e-5,
+    }
+    assert private["head"] == {"statement": "no formal privacy guarantee", "epsilon": None, "delta": None}
+    plain = client.get("/v1/sites/site-a", headers=auth("a")).json()["privacy"]
+    assert plain["fam"]["statement"] == plain["head"]["statement"] == "no formal privacy guarantee"
+    assert client.get("/v1/sites/site-empty", headers=auth("all")).json()["privacy"] is None
+
+
 def test_calibrated_probabilities_and_the_not_for_clinical_use_warning(client, bundle_root, tiny_backbone):
     from fedmedclip.model.ensemble import calibrate_probs
     from tests.api.conftest import SITE_B_CALIBRATION

@@ -179,6 +179,10 @@ def test_the_page_classifies_an_uploaded_image(server, tmp_path):
             page.fill("#api-key", KEYS["b"])
             page.click("#connect")
             expect(page.locator("#site")).to_have_value("site-b")
+            expect(page.locator("#privacy-fam")).to_have_text(
+                "Shared model: trained with differential privacy, ε = 3.00, δ = 1.0e-05."
+            )
+            expect(page.locator("#privacy-head")).to_contain_text("Private head: no formal privacy guarantee")
             # site-b is calibrated, but the backbone is still random-init: the banner stays, for that reason.
             expect(banner).to_be_visible()
             expect(banner).to_contain_text("randomly initialised")

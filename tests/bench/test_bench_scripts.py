@@ -51,6 +51,17 @@ def test_p3_quick(bench, shared):
 
 
 @pytest.mark.slow
+def test_p6_quick(bench, shared):
+    data = _run(bench, "p6_dp", shared)
+    assert isinstance(data["p6_dp_accuracy_cost_pt_eps8"], float)
+    table = data["table"]
+    assert set(table) == {"inf", "1", "3", "8"} and table["inf"]["epsilon_achieved"] is None
+    for label in ("1", "3", "8"):  # each site spent (nearly) all of its budget and not more
+        assert 0.9 * float(label) < table[label]["epsilon_achieved"] <= float(label)
+        assert table[label]["seconds_per_round"] > 0
+
+
+@pytest.mark.slow
 def test_run_all_collects_everything_into_latest(bench, shared):
     _, results = shared
     for name in ("p1_upload", "p2_compute", "p3_embed"):

@@ -11,6 +11,7 @@ from fedmedclip.bundle import Bundle, write_bundle
 from fedmedclip.model.backbone import Backbone
 from fedmedclip.model.fam import build_fam, fam_state
 from fedmedclip.model.prompts import DEFAULT_TEMPLATES
+from fedmedclip.privacy.ledger import PrivacyGuarantee
 from fedmedclip.training.calibration import Calibration
 from fedmedclip.training.config import TrainConfig
 from fedmedclip.training.local_round import RoundResult, train_local_round
@@ -62,6 +63,7 @@ def publish(
     version: str | None = None,
     with_head: bool = True,
     make_current: bool = True,
+    fam_privacy: PrivacyGuarantee | None = None,
     calibration: Calibration | None = None,
 ) -> Bundle:
     """Train and publish one bundle version the way the agent will."""
@@ -80,5 +82,6 @@ def publish(
         metrics={"loss": result.metrics["loss"], "train_samples": float(result.num_samples)},
         version=version,
         make_current=make_current,
+        fam_privacy=fam_privacy,
         calibration=calibration,
     )

@@ -223,6 +223,29 @@ def _edit_manifest(folder: Path, **changes: object) -> None:
     path.write_text(json.dumps(manifest))
 
 
+def test_the_manifest_records_the_privacy_of_the_fam_and_head_and_old_manifests_still_read(tmp_path, tiny_backbone):
+    from fedmedclip.privacy.ledger import NO_GUARANTEE, PrivacyGuarantee, describe
+
+    private = publish(tmp_path, "site-a", tiny_backbone, fam_privacy=PrivacyGuarantee(2.5, 1e-5))
+    manifest = json.loads((tmp_path / "site-a" / private.version / MANIFEST_FILE).read_text())
+    assert manifest["fam"]["privacy"] == {"epsilon": 2.5, "delta": 1e-5, "unit": "record"}
+    assert manifest["head"]["privacy"] is None  # the head trains without noise and never leaves the site
+    loaded = read_current(tmp_path, "site-a")
+    assert loaded.fam_privacy == PrivacyGuarantee(2.5, 1e-5) and loaded.head_privacy is None
+    assert describe(loaded.fam_privacy) == "trained with differential privacy, ε = 2.50, δ = 1.0e-05"
+    # A manifest from before the ledger (no "privacy" keys) reads as "no formal guarantee".
+    plain = publish(tmp_path, "site-b", tiny_backbone)
+    path = tmp_path / "site-b" / plain.version / MANIFEST_FILE
+    old = json.loads(path.read_text())
+    del old["fam"]["privacy"], old["head"]["privacy"]
+    path.write_text(json.dumps(old))
+    assert describe(read_current(tmp_path, "site-b").fam_privacy) == NO_GUARANTEE
+    old["fam"]["privacy"] = {"epsilon": -1.0, "delta": 1e-5}
+    path.write_text(json.dumps(old))
+    with pytest.raises(BundleError, match="invalid privacy record"):
+        read_current(tmp_path, "site-b")
+
+
 def test_calibration_round_trips_and_the_classifier_returns_calibrated_probabilities(tmp_path, tiny_backbone):
     from fedmedclip.model.ensemble import calibrate_probs
     from fedmedclip.training.calibration import Calibration

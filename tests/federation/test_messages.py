@@ -17,6 +17,8 @@ from fedmedclip.federation import messages as m
 from fedmedclip.federation import serde
 from fedmedclip.federation.codec import CodecConfig
 from fedmedclip.federation.run_config import BackboneRef, RunConfig
+from fedmedclip.privacy.config import PrivacyConfig
+from fedmedclip.privacy.ledger import PrivacyLedger
 from fedmedclip.rpc.v1 import admin_pb2, federation_pb2
 from fedmedclip.secagg import shamir
 from fedmedclip.secagg.config import SecureAggregationConfig
@@ -54,7 +56,9 @@ PARTS = (
     m.SiteParticipation("site-a", m.ParticipationState.ACCEPTED, 90, 1234, T0, {"loss": 0.5}),
     m.SiteParticipation("site-b", m.ParticipationState.REJECTED, message="stale base version"),
     m.SiteParticipation("site-c", m.ParticipationState.MISSING),
+    m.SiteParticipation("site-d", m.ParticipationState.BUDGET_SPENT),
 )
+LEDGER = PrivacyLedger(2.5, 1e-5, 1.1, 1.0, 0.25, 40, 10, 8.0)
 CLOSED = m.RoundStatus(1, m.RoundState.CLOSED, T0, T0 + timedelta(minutes=10), T0, 1, 2, PARTS, {"acc": 0.75})
 OPEN = m.RoundStatus(2, m.RoundState.OPEN, T0, T0 + timedelta(minutes=10), None, 2, 0, message="reopened")
 STATUS = m.RunStatus("r1", "demo", m.RunState.RUNNING, CONFIG, 2, 2, T0, None, "", (CLOSED, OPEN))
@@ -64,6 +68,8 @@ VERSION = m.FamVersion(2, "r1", 1, 1, "cd" * 32, 4096, T0, (m.VersionContributio
 SAMPLES: list[Any] = [
     CONFIG,
     RunConfig(embed_dim=8),
+    RunConfig(embed_dim=8, privacy=PrivacyConfig(mode="record", target_epsilon=3.0, delta=1e-6, batch_size=64)),
+    RunConfig(embed_dim=8, privacy=PrivacyConfig(mode="site", noise_multiplier=None, site_sample_rate=0.5)),
     CODEC,
     TRAIN,
     BACKBONE,
@@ -97,6 +103,9 @@ SAMPLES: list[Any] = [
     m.SecurePhaseReply(True, False, "ok"),
     m.UpdateHeader("r1", 2, 5, 90, {"val_acc": 0.5}, CODEC, "ab" * 32, 10, "site-a"),
     m.UpdateHeader("r1", 2, 5, 90, {}, None, "ab" * 32, 10),
+    m.UpdateHeader("r1", 2, 5, 90, {}, None, "ab" * 32, 10, "site-a", LEDGER),
+    m.SiteParticipation("site-a", m.ParticipationState.ACCEPTED, 90, 1234, T0, {}, "", LEDGER),
+    m.HeartbeatRequest("r1", "budget_spent", 0),
     m.SubmitReply(True, True, "dup"),
     m.HeartbeatRequest("r1", "uploading", 3),
     m.HeartbeatReply(T0, True),

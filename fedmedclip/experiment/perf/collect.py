@@ -20,6 +20,8 @@ TOP_LEVEL_KEYS = (
     "p4_predict_p50_ratio",
     "p4_batch_throughput_ratio",
     "p5_round_close_ms",
+    "p6_dp_accuracy_cost_pt_eps8",
+    "p6_dp_time_ratio_eps8",
     "p8_secagg_upload_bytes",
     "p8_secagg_round_overhead_100_sites",
 )
@@ -61,6 +63,13 @@ GOALS = (
     Goal("p4_predict_p50_ratio", "P4 REST predict p50 / raw encode", "≤ 1.15×", lambda v: v <= 1.15, "{:.2f}×".format),
     Goal("p4_batch_throughput_ratio", "P4 batched / raw batch-32 throughput", "≥ 80%", lambda v: v >= 0.8, _percent),
     Goal("p5_round_close_ms", "P5 round close, 100 sites", "≤ 200 ms", lambda v: v <= 200, "{:.0f} ms".format),
+    Goal(
+        "p6_dp_accuracy_cost_pt_eps8",
+        "P6 accuracy cost of record-level DP at ε = 8",
+        "≤ 3 pt",
+        lambda v: v <= 3.0,
+        "{:+.2f} pt".format,
+    ),
     Goal(
         "p8_secagg_upload_bytes",
         "P8 secure upload per site, 100 sites, ρ 0.2",
@@ -196,6 +205,17 @@ def _details(details: dict[str, Any]) -> list[str]:
             f"{p3.get('num_workers')} loader workers): raw {p3['raw_images_per_s']:.1f} img/s, pass "
             f"{p3['pass_images_per_s']:.1f} img/s on average; {p3.get('timed')}; the encoder was busy "
             f"{_fmt(p3.get('encoder_busy_share_median'), '{:.1%}')} of the pass's wall time."
+        ]
+    p6 = details.get("p6", {})
+    if isinstance(p6.get("table"), dict):
+        rows = [
+            f"ε={label}: {100 * row['accuracy']:.1f}% ({row['accuracy_cost_pt']:+.2f} pt, ε achieved "
+            f"{_fmt(row.get('epsilon_achieved'), '{:.2f}')}, {row['time_ratio_vs_non_private']:.2f}× time per round)"
+            for label, row in p6["table"].items()
+        ]
+        lines += [
+            f"- P6 (D={p6.get('embed_dim')}, {p6.get('rounds')} rounds, {p6.get('seeds')} seed(s), C = "
+            f"{p6.get('clip_norm')}, expected batch {p6.get('expected_batch')}): " + "; ".join(rows) + "."
         ]
     return lines
 

@@ -33,6 +33,7 @@ class ParticipationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PARTICIPATION_STATE_ACCEPTED: _ClassVar[ParticipationState]
     PARTICIPATION_STATE_REJECTED: _ClassVar[ParticipationState]
     PARTICIPATION_STATE_MISSING: _ClassVar[ParticipationState]
+    PARTICIPATION_STATE_BUDGET_SPENT: _ClassVar[ParticipationState]
 RUN_STATE_UNSPECIFIED: RunState
 RUN_STATE_RUNNING: RunState
 RUN_STATE_COMPLETED: RunState
@@ -47,6 +48,7 @@ PARTICIPATION_STATE_UNSPECIFIED: ParticipationState
 PARTICIPATION_STATE_ACCEPTED: ParticipationState
 PARTICIPATION_STATE_REJECTED: ParticipationState
 PARTICIPATION_STATE_MISSING: ParticipationState
+PARTICIPATION_STATE_BUDGET_SPENT: ParticipationState
 
 class StartRunRequest(_message.Message):
     __slots__ = ("config", "name", "initial_version")
@@ -152,7 +154,7 @@ class RoundStatus(_message.Message):
     def __init__(self, round: _Optional[int] = ..., state: _Optional[_Union[RoundState, str]] = ..., opened_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., closed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_version: _Optional[int] = ..., output_version: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[SiteParticipation, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class SiteParticipation(_message.Message):
-    __slots__ = ("site", "state", "num_samples", "payload_bytes", "received_at", "metrics", "message")
+    __slots__ = ("site", "state", "num_samples", "payload_bytes", "received_at", "metrics", "message", "privacy")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +169,7 @@ class SiteParticipation(_message.Message):
     RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     site: str
     state: ParticipationState
     num_samples: int
@@ -174,7 +177,8 @@ class SiteParticipation(_message.Message):
     received_at: _timestamp_pb2.Timestamp
     metrics: _containers.ScalarMap[str, float]
     message: str
-    def __init__(self, site: _Optional[str] = ..., state: _Optional[_Union[ParticipationState, str]] = ..., num_samples: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., message: _Optional[str] = ...) -> None: ...
+    privacy: _common_pb2.PrivacyLedger
+    def __init__(self, site: _Optional[str] = ..., state: _Optional[_Union[ParticipationState, str]] = ..., num_samples: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., message: _Optional[str] = ..., privacy: _Optional[_Union[_common_pb2.PrivacyLedger, _Mapping]] = ...) -> None: ...
 
 class ListVersionsRequest(_message.Message):
     __slots__ = ("run_id",)

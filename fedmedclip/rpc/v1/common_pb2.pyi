@@ -136,7 +136,7 @@ class CodecConfig(_message.Message):
     def __init__(self, rho: _Optional[float] = ..., quantization: _Optional[_Union[Quantization, str]] = ..., compression: _Optional[_Union[Compression, str]] = ...) -> None: ...
 
 class RunConfig(_message.Message):
-    __slots__ = ("backbone", "train", "codec", "rounds", "embed_dim", "min_sites", "round_timeout", "prompt_templates", "fam_seed", "late_policy", "weighting", "norm_bound", "secure_aggregation")
+    __slots__ = ("backbone", "train", "codec", "rounds", "embed_dim", "min_sites", "round_timeout", "prompt_templates", "fam_seed", "late_policy", "weighting", "norm_bound", "privacy", "secure_aggregation")
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +149,7 @@ class RunConfig(_message.Message):
     LATE_POLICY_FIELD_NUMBER: _ClassVar[int]
     WEIGHTING_FIELD_NUMBER: _ClassVar[int]
     NORM_BOUND_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     backbone: BackboneSpec
     train: TrainConfig
@@ -162,8 +163,57 @@ class RunConfig(_message.Message):
     late_policy: LatePolicy
     weighting: Weighting
     norm_bound: float
+    privacy: PrivacyConfig
     secure_aggregation: SecureAggregationConfig
-    def __init__(self, backbone: _Optional[_Union[BackboneSpec, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., codec: _Optional[_Union[CodecConfig, _Mapping]] = ..., rounds: _Optional[int] = ..., embed_dim: _Optional[int] = ..., min_sites: _Optional[int] = ..., round_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., prompt_templates: _Optional[_Iterable[str]] = ..., fam_seed: _Optional[int] = ..., late_policy: _Optional[_Union[LatePolicy, str]] = ..., weighting: _Optional[_Union[Weighting, str]] = ..., norm_bound: _Optional[float] = ..., secure_aggregation: _Optional[_Union[SecureAggregationConfig, _Mapping]] = ...) -> None: ...
+    def __init__(self, backbone: _Optional[_Union[BackboneSpec, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., codec: _Optional[_Union[CodecConfig, _Mapping]] = ..., rounds: _Optional[int] = ..., embed_dim: _Optional[int] = ..., min_sites: _Optional[int] = ..., round_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., prompt_templates: _Optional[_Iterable[str]] = ..., fam_seed: _Optional[int] = ..., late_policy: _Optional[_Union[LatePolicy, str]] = ..., weighting: _Optional[_Union[Weighting, str]] = ..., norm_bound: _Optional[float] = ..., privacy: _Optional[_Union[PrivacyConfig, _Mapping]] = ..., secure_aggregation: _Optional[_Union[SecureAggregationConfig, _Mapping]] = ...) -> None: ...
+
+class PrivacyConfig(_message.Message):
+    __slots__ = ("mode", "target_epsilon", "delta", "clip_norm", "noise_multiplier", "batch_size", "site_noise_multiplier", "site_count_noise", "site_target_quantile", "site_initial_clip", "site_clip_lr", "site_sample_rate")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SITE_NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    SITE_COUNT_NOISE_FIELD_NUMBER: _ClassVar[int]
+    SITE_TARGET_QUANTILE_FIELD_NUMBER: _ClassVar[int]
+    SITE_INITIAL_CLIP_FIELD_NUMBER: _ClassVar[int]
+    SITE_CLIP_LR_FIELD_NUMBER: _ClassVar[int]
+    SITE_SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    target_epsilon: float
+    delta: float
+    clip_norm: float
+    noise_multiplier: float
+    batch_size: int
+    site_noise_multiplier: float
+    site_count_noise: float
+    site_target_quantile: float
+    site_initial_clip: float
+    site_clip_lr: float
+    site_sample_rate: float
+    def __init__(self, mode: _Optional[str] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., clip_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., batch_size: _Optional[int] = ..., site_noise_multiplier: _Optional[float] = ..., site_count_noise: _Optional[float] = ..., site_target_quantile: _Optional[float] = ..., site_initial_clip: _Optional[float] = ..., site_clip_lr: _Optional[float] = ..., site_sample_rate: _Optional[float] = ...) -> None: ...
+
+class PrivacyLedger(_message.Message):
+    __slots__ = ("epsilon", "delta", "sigma", "clip_norm", "sample_rate", "steps", "rounds", "target_epsilon")
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    SIGMA_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    epsilon: float
+    delta: float
+    sigma: float
+    clip_norm: float
+    sample_rate: float
+    steps: int
+    rounds: int
+    target_epsilon: float
+    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., sigma: _Optional[float] = ..., clip_norm: _Optional[float] = ..., sample_rate: _Optional[float] = ..., steps: _Optional[int] = ..., rounds: _Optional[int] = ..., target_epsilon: _Optional[float] = ...) -> None: ...
 
 class SecureAggregationConfig(_message.Message):
     __slots__ = ("enabled", "threshold", "degree", "clip_norm", "coordinate_bound", "precision_bits", "weight_cap", "row_fraction", "phase_timeout_seconds")

@@ -24,6 +24,7 @@ class SiteActivity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SITE_ACTIVITY_EMBEDDING: _ClassVar[SiteActivity]
     SITE_ACTIVITY_TRAINING: _ClassVar[SiteActivity]
     SITE_ACTIVITY_UPLOADING: _ClassVar[SiteActivity]
+    SITE_ACTIVITY_BUDGET_SPENT: _ClassVar[SiteActivity]
 SECRET_KIND_UNSPECIFIED: SecretKind
 SECRET_KIND_SELF_SEED: SecretKind
 SECRET_KIND_MASK_KEY: SecretKind
@@ -32,6 +33,7 @@ SITE_ACTIVITY_IDLE: SiteActivity
 SITE_ACTIVITY_EMBEDDING: SiteActivity
 SITE_ACTIVITY_TRAINING: SiteActivity
 SITE_ACTIVITY_UPLOADING: SiteActivity
+SITE_ACTIVITY_BUDGET_SPENT: SiteActivity
 
 class JoinRequest(_message.Message):
     __slots__ = ("protocol_major", "protocol_minor", "software_version", "site_info")
@@ -264,7 +266,7 @@ class UpdateChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("run_id", "round", "base_version", "num_samples", "metrics", "codec", "sha256", "total_bytes", "site")
+    __slots__ = ("run_id", "round", "base_version", "num_samples", "metrics", "codec", "sha256", "total_bytes", "site", "privacy")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +283,7 @@ class UpdateHeader(_message.Message):
     SHA256_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     base_version: int
@@ -290,7 +293,8 @@ class UpdateHeader(_message.Message):
     sha256: str
     total_bytes: int
     site: str
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., codec: _Optional[_Union[_common_pb2.CodecConfig, _Mapping]] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ..., site: _Optional[str] = ...) -> None: ...
+    privacy: _common_pb2.PrivacyLedger
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., codec: _Optional[_Union[_common_pb2.CodecConfig, _Mapping]] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ..., site: _Optional[str] = ..., privacy: _Optional[_Union[_common_pb2.PrivacyLedger, _Mapping]] = ...) -> None: ...
 
 class SubmitUpdateResponse(_message.Message):
     __slots__ = ("accepted", "duplicate", "message")
