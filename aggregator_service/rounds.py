@@ -36,7 +36,6 @@ from fedmedclip.federation.codec import decode_update
 from fedmedclip.federation.errors import FederationError
 from fedmedclip.federation.fam_bytes import fam_from_bytes, fam_to_bytes, sha256_hex
 from fedmedclip.federation.run_config import RunConfig
-from fedmedclip.privacy.dp_fedavg import dp_fedavg_round, site_epsilon
 
 log = logging.getLogger("aggregator_service.rounds")
 
@@ -243,6 +242,10 @@ class RoundEngine:
         updates: list[SiteUpdate],
     ) -> tuple[dict[str, Array], dict[str, float]]:
         """One DP-FedAvg round; the adaptive clip bound travels in the closed rounds' metrics (restart-safe)."""
+        # Imported here: the accountant (dp_accounting, scipy) costs ~70 MiB of RSS and over a second of start-up,
+        # and only runs with site-level DP; an idle aggregator stays small (docs/design.md §3.9).
+        from fedmedclip.privacy.dp_fedavg import dp_fedavg_round, site_epsilon
+
         store = self.svc.store
         closed = [r for r in store.list_rounds(run.id) if r.state == RoundState.CLOSED and r.number < current.number]
         clip = next(

@@ -18,7 +18,6 @@ from fedmedclip.federation.fam_bytes import fam_from_bytes
 from fedmedclip.rpc.v1 import admin_pb2
 from tests.aggregator.helpers import ADMIN_TOKEN, DIM, AdminStub, SiteClient, make_update, run_config
 
-TORCH_FAMILY = ("torch", "torchvision", "open_clip", "transformers")
 
 SERVER = textwrap.dedent(
     """
@@ -37,7 +36,8 @@ SERVER = textwrap.dedent(
     print(running.port, flush=True)
     sys.stdin.readline()
     running.stop()
-    family = {"torch", "torchvision", "open_clip", "transformers"}
+    # torch and its kin never; the DP accountant (scipy) only in a run with site-level DP, which this is not.
+    family = {"torch", "torchvision", "open_clip", "transformers", "dp_accounting", "scipy"}
     print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in family)), flush=True)
     """
 )
