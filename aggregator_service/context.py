@@ -13,6 +13,7 @@ import torch
 
 from aggregator_service.metrics import Metrics
 from aggregator_service.notifier import Notifier
+from aggregator_service.site_limits import IdleWatch, SiteSlots
 from aggregator_service.store.base import Store
 from fedmedclip.federation.aggregate import SiteUpdate
 
@@ -31,6 +32,9 @@ class Limits:
     touch_interval_s: float = 15.0  # last_seen is written at most this often per site (except Join)
     max_metrics: int = 32  # metric keys per update
     max_metric_name: int = 64
+    max_calls_per_site: int = 8  # Federation calls one site may have in flight (long polls included)
+    busy_retry_s: float = 2.0  # the retry hint of a RESOURCE_EXHAUSTED refusal of a per-site limit
+    stream_idle_timeout_s: float = 30.0  # a stream that moves no message for this long is cancelled
 
 
 class Slots:
@@ -143,11 +147,15 @@ class Services:
     pending: PendingUpdates = field(default_factory=PendingUpdates)
     models: FamCache = field(default_factory=FamCache)
     long_polls: Slots = field(init=False)
+    site_slots: SiteSlots = field(init=False)
+    idle_watch: IdleWatch = field(init=False)
     _touched: dict[int, float] = field(default_factory=dict, init=False)
     _touch_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
         self.long_polls = Slots(self.limits.max_long_polls)
+        self.site_slots = SiteSlots(self.limits.max_calls_per_site, self.limits.busy_retry_s)
+        self.idle_watch = IdleWatch(self.limits.stream_idle_timeout_s)
 
     def should_touch(self, site_id: int) -> bool:
         """Rate-limit ``last_seen`` writes: a poll every second must not become a write every second."""

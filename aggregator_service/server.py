@@ -77,6 +77,7 @@ class RunningServer:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+        self.svc.idle_watch.stop()
         self.svc.store.close()
         event(log, "stopped")
 
@@ -95,6 +96,9 @@ def start_server(settings: AggregatorSettings, store: Store | None = None) -> Ru
         chunk_bytes=settings.chunk_bytes,
         poll_wait_cap_s=settings.poll_wait_cap_s,
         max_long_polls=max(1, settings.max_workers // 2),  # the other half serves everything else
+        max_calls_per_site=settings.max_calls_per_site,
+        busy_retry_s=settings.busy_retry_s,
+        stream_idle_timeout_s=settings.stream_idle_timeout_s,
     )
     svc = Services(store=store, admin_token=admin_token, limits=limits)
     engine = RoundEngine(svc)

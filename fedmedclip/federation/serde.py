@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf import duration_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -24,7 +26,7 @@ from fedmedclip.federation import messages as m
 from fedmedclip.federation.aggregate import Weighting
 from fedmedclip.federation.codec import CodecConfig, Compression, Quantization
 from fedmedclip.federation.messages import SiteActivity
-from fedmedclip.federation.run_config import BackboneRef, LatePolicy, RunConfig
+from fedmedclip.federation.run_config import AggregationRule, BackboneRef, LatePolicy, RunConfig
 from fedmedclip.rpc.v1 import admin_pb2 as admin_pb
 from fedmedclip.rpc.v1 import common_pb2 as pb
 from fedmedclip.rpc.v1 import federation_pb2 as fed_pb
@@ -50,6 +52,59 @@ _CONTRASTIVE: dict[Contrastive, pb.Contrastive] = {
     "prototype": pb.CONTRASTIVE_PROTOTYPE,
 }
 _PREPROCESS: dict[Preprocess, pb.Preprocess] = {"clip": pb.PREPROCESS_CLIP, "paper": pb.PREPROCESS_PAPER}
+
+# The largest value each integer wire type may carry into the aggregator. Every integer ends in a signed
+# database column: uint64/int64 in a BIGINT (so < 2^63), uint32/int32 in an INTEGER (so < 2^31). Checking
+# here, once, from the descriptors, means a field added later is covered without anyone remembering it.
+_INT_LIMITS: dict[int, tuple[int, int]] = {
+    FieldDescriptor.TYPE_UINT64: (0, (1 << 63) - 1),
+    FieldDescriptor.TYPE_FIXED64: (0, (1 << 63) - 1),
+    FieldDescriptor.TYPE_INT64: (-(1 << 63), (1 << 63) - 1),
+    FieldDescriptor.TYPE_SINT64: (-(1 << 63), (1 << 63) - 1),
+    FieldDescriptor.TYPE_SFIXED64: (-(1 << 63), (1 << 63) - 1),
+    FieldDescriptor.TYPE_UINT32: (0, (1 << 31) - 1),
+    FieldDescriptor.TYPE_FIXED32: (0, (1 << 31) - 1),
+    FieldDescriptor.TYPE_INT32: (-(1 << 31), (1 << 31) - 1),
+    FieldDescriptor.TYPE_SINT32: (-(1 << 31), (1 << 31) - 1),
+    FieldDescriptor.TYPE_SFIXED32: (-(1 << 31), (1 << 31) - 1),
+}
+
+
+class FieldOutOfRange(ValueError):
+    """An integer field of a received message lies outside what the aggregator can store or use."""
+
+    def __init__(self, field: str, value: int, low: int, high: int) -> None:
+        super().__init__(f"field {field} = {value} is out of range [{low}, {high}]")
+        self.field = field
+
+
+def check_int_ranges(message: Message, prefix: str = "") -> None:
+    """Raise ``FieldOutOfRange`` naming the first integer field of ``message`` (nested messages, repeated
+    fields and maps included) whose value does not fit its column; called on every received request."""
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                if value_field.message_type is not None:
+                    check_int_ranges(item, f"{path}[{key!r}].")
+                else:
+                    _check_int(value_field, item, f"{path}[{key!r}]")
+            continue
+        items = list(value) if field.is_repeated else [value]
+        for index, item in enumerate(items):
+            where = f"{path}[{index}]" if field.is_repeated else path
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                check_int_ranges(item, f"{where}.")
+            else:
+                _check_int(field, item, where)
+
+
+def _check_int(field: FieldDescriptor, value: Any, where: str) -> None:
+    limits = _INT_LIMITS.get(field.type)
+    if limits is not None and not limits[0] <= value <= limits[1]:
+        raise FieldOutOfRange(where, value, *limits)
+
 
 # TrainConfig field -> proto field, for the scalar fields copied as they are (betas and contrastive are
 # handled separately). tests/federation/test_serde.py checks that every TrainConfig field is covered.
@@ -161,6 +216,11 @@ _LATE_POLICY: dict[LatePolicy, pb.LatePolicy] = {
     "reopen": pb.LATE_POLICY_REOPEN,
 }
 _WEIGHTING: dict[Weighting, pb.Weighting] = {"samples": pb.WEIGHTING_SAMPLES, "uniform": pb.WEIGHTING_UNIFORM}
+_AGGREGATION_RULE: dict[AggregationRule, pb.AggregationRule] = {
+    "mean": pb.AGGREGATION_RULE_MEAN,
+    "trimmed_mean": pb.AGGREGATION_RULE_TRIMMED_MEAN,
+    "median": pb.AGGREGATION_RULE_MEDIAN,
+}
 
 
 def backbone_ref_to_proto(ref: BackboneRef) -> pb.BackboneSpec:
@@ -203,9 +263,15 @@ def run_config_to_proto(config: RunConfig) -> pb.RunConfig:
         fam_seed=config.fam_seed,
         late_policy=_LATE_POLICY[config.late_policy],
         weighting=_WEIGHTING[config.weighting],
+        aggregation_rule=_AGGREGATION_RULE[config.aggregation_rule],
+        trim_fraction=config.trim_fraction,
     )
     if config.norm_bound is not None:
         message.norm_bound = config.norm_bound
+    if config.max_samples_per_site is not None:
+        message.max_samples_per_site = config.max_samples_per_site
+    if config.clip_norm is not None:
+        message.clip_norm = config.clip_norm
     return message
 
 
@@ -226,6 +292,12 @@ def run_config_from_proto(message: pb.RunConfig) -> RunConfig:
         train=train_config_from_proto(message.train),
         codec=codec_config_from_proto(message.codec),
         prompt_templates=tuple(message.prompt_templates),
+        max_samples_per_site=message.max_samples_per_site if message.HasField("max_samples_per_site") else None,
+        clip_norm=message.clip_norm if message.HasField("clip_norm") else None,
+        aggregation_rule=_enum_from_proto(
+            _AGGREGATION_RULE, message.aggregation_rule, "aggregation rule", defaults.aggregation_rule
+        ),
+        trim_fraction=message.trim_fraction if message.HasField("trim_fraction") else defaults.trim_fraction,
     )
 
 

@@ -25,27 +25,29 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64medclip/rpc/v1/common.proto\x12\x11\x66\x65\x64medclip.rpc.v1\x1a\x1egoogle/protobuf/duration.proto\"\x98\x01\n\x0c\x42\x61\x63kboneSpec\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x07weights\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x16\n\x0eweights_digest\x18\x03 \x01(\t\x12\x31\n\npreprocess\x18\x04 \x01(\x0e\x32\x1d.fedmedclip.rpc.v1.Preprocess\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x42\n\n\x08_weights\"\x98\x05\n\x0bTrainConfig\x12\x13\n\x06\x66\x61m_lr\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07head_lr\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\x08lr_decay\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x17\n\nadam_beta1\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x17\n\nadam_beta2\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x15\n\x08\x61\x64\x61m_eps\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x19\n\x0cweight_decay\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x17\n\nbatch_size\x18\x08 \x01(\rH\x07\x88\x01\x01\x12\x19\n\x0clocal_epochs\x18\t \x01(\rH\x08\x88\x01\x01\x12\x16\n\tkd_weight\x18\n \x01(\x01H\t\x88\x01\x01\x12\x1b\n\x0ekd_temperature\x18\x0b \x01(\x01H\n\x88\x01\x01\x12\x33\n\x0b\x63ontrastive\x18\x0c \x01(\x0e\x32\x1e.fedmedclip.rpc.v1.Contrastive\x12\x1c\n\x0fuse_contrastive\x18\r \x01(\x08H\x0b\x88\x01\x01\x12\x18\n\x0buse_head_ce\x18\x0e \x01(\x08H\x0c\x88\x01\x01\x12\x13\n\x06use_kd\x18\x0f \x01(\x08H\r\x88\x01\x01\x12\x18\n\x0bhead_hidden\x18\x10 \x01(\rH\x0e\x88\x01\x01\x42\t\n\x07_fam_lrB\n\n\x08_head_lrB\x0b\n\t_lr_decayB\r\n\x0b_adam_beta1B\r\n\x0b_adam_beta2B\x0b\n\t_adam_epsB\x0f\n\r_weight_decayB\r\n\x0b_batch_sizeB\x0f\n\r_local_epochsB\x0c\n\n_kd_weightB\x11\n\x0f_kd_temperatureB\x12\n\x10_use_contrastiveB\x0e\n\x0c_use_head_ceB\t\n\x07_use_kdB\x0e\n\x0c_head_hidden\"\x93\x01\n\x0b\x43odecConfig\x12\x10\n\x03rho\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x35\n\x0cquantization\x18\x02 \x01(\x0e\x32\x1f.fedmedclip.rpc.v1.Quantization\x12\x33\n\x0b\x63ompression\x18\x03 \x01(\x0e\x32\x1e.fedmedclip.rpc.v1.CompressionB\x06\n\x04_rho\"\xbd\x03\n\tRunConfig\x12\x31\n\x08\x62\x61\x63kbone\x18\x01 \x01(\x0b\x32\x1f.fedmedclip.rpc.v1.BackboneSpec\x12-\n\x05train\x18\x02 \x01(\x0b\x32\x1e.fedmedclip.rpc.v1.TrainConfig\x12-\n\x05\x63odec\x18\x03 \x01(\x0b\x32\x1e.fedmedclip.rpc.v1.CodecConfig\x12\x0e\n\x06rounds\x18\x04 \x01(\r\x12\x11\n\tembed_dim\x18\x05 \x01(\r\x12\x11\n\tmin_sites\x18\x06 \x01(\r\x12\x30\n\rround_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10prompt_templates\x18\x08 \x03(\t\x12\x10\n\x08\x66\x61m_seed\x18\t \x01(\x04\x12\x32\n\x0blate_policy\x18\n \x01(\x0e\x32\x1d.fedmedclip.rpc.v1.LatePolicy\x12/\n\tweighting\x18\x0b \x01(\x0e\x32\x1c.fedmedclip.rpc.v1.Weighting\x12\x17\n\nnorm_bound\x18\x0c \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_norm_bound\"V\n\nModelChunk\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.fedmedclip.rpc.v1.ModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"s\n\x0bModelHeader\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12.\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1e.fedmedclip.rpc.v1.ModelFormat\"C\n\x08SiteInfo\x12\x10\n\x08platform\x18\x01 \x01(\t\x12\x15\n\rtorch_version\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t*S\n\nPreprocess\x12\x1a\n\x16PREPROCESS_UNSPECIFIED\x10\x00\x12\x13\n\x0fPREPROCESS_CLIP\x10\x01\x12\x14\n\x10PREPROCESS_PAPER\x10\x02*_\n\x0b\x43ontrastive\x12\x1b\n\x17\x43ONTRASTIVE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONTRASTIVE_PAIRWISE\x10\x01\x12\x19\n\x15\x43ONTRASTIVE_PROTOTYPE\x10\x02*q\n\x0cQuantization\x12\x1c\n\x18QUANTIZATION_UNSPECIFIED\x10\x00\x12\x15\n\x11QUANTIZATION_INT8\x10\x01\x12\x15\n\x11QUANTIZATION_FP16\x10\x02\x12\x15\n\x11QUANTIZATION_FP32\x10\x03*l\n\x0b\x43ompression\x12\x1b\n\x17\x43OMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OMPRESSION_ZSTD\x10\x01\x12\x14\n\x10\x43OMPRESSION_ZLIB\x10\x02\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x03*f\n\nLatePolicy\x12\x1b\n\x17LATE_POLICY_UNSPECIFIED\x10\x00\x12#\n\x1fLATE_POLICY_ACCEPT_UNTIL_QUORUM\x10\x01\x12\x16\n\x12LATE_POLICY_REOPEN\x10\x02*T\n\tWeighting\x12\x19\n\x15WEIGHTING_UNSPECIFIED\x10\x00\x12\x15\n\x11WEIGHTING_SAMPLES\x10\x01\x12\x15\n\x11WEIGHTING_UNIFORM\x10\x02*I\n\x0bModelFormat\x12\x1c\n\x18MODEL_FORMAT_UNSPECIFIED\x10\x00\x12\x1c\n\x18MODEL_FORMAT_SAFETENSORS\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64medclip/rpc/v1/common.proto\x12\x11\x66\x65\x64medclip.rpc.v1\x1a\x1egoogle/protobuf/duration.proto\"\x98\x01\n\x0c\x42\x61\x63kboneSpec\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x07weights\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x16\n\x0eweights_digest\x18\x03 \x01(\t\x12\x31\n\npreprocess\x18\x04 \x01(\x0e\x32\x1d.fedmedclip.rpc.v1.Preprocess\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x42\n\n\x08_weights\"\x98\x05\n\x0bTrainConfig\x12\x13\n\x06\x66\x61m_lr\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07head_lr\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\x08lr_decay\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x17\n\nadam_beta1\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x17\n\nadam_beta2\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x15\n\x08\x61\x64\x61m_eps\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x19\n\x0cweight_decay\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x17\n\nbatch_size\x18\x08 \x01(\rH\x07\x88\x01\x01\x12\x19\n\x0clocal_epochs\x18\t \x01(\rH\x08\x88\x01\x01\x12\x16\n\tkd_weight\x18\n \x01(\x01H\t\x88\x01\x01\x12\x1b\n\x0ekd_temperature\x18\x0b \x01(\x01H\n\x88\x01\x01\x12\x33\n\x0b\x63ontrastive\x18\x0c \x01(\x0e\x32\x1e.fedmedclip.rpc.v1.Contrastive\x12\x1c\n\x0fuse_contrastive\x18\r \x01(\x08H\x0b\x88\x01\x01\x12\x18\n\x0buse_head_ce\x18\x0e \x01(\x08H\x0c\x88\x01\x01\x12\x13\n\x06use_kd\x18\x0f \x01(\x08H\r\x88\x01\x01\x12\x18\n\x0bhead_hidden\x18\x10 \x01(\rH\x0e\x88\x01\x01\x42\t\n\x07_fam_lrB\n\n\x08_head_lrB\x0b\n\t_lr_decayB\r\n\x0b_adam_beta1B\r\n\x0b_adam_beta2B\x0b\n\t_adam_epsB\x0f\n\r_weight_decayB\r\n\x0b_batch_sizeB\x0f\n\r_local_epochsB\x0c\n\n_kd_weightB\x11\n\x0f_kd_temperatureB\x12\n\x10_use_contrastiveB\x0e\n\x0c_use_head_ceB\t\n\x07_use_kdB\x0e\n\x0c_head_hidden\"\x93\x01\n\x0b\x43odecConfig\x12\x10\n\x03rho\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x35\n\x0cquantization\x18\x02 \x01(\x0e\x32\x1f.fedmedclip.rpc.v1.Quantization\x12\x33\n\x0b\x63ompression\x18\x03 \x01(\x0e\x32\x1e.fedmedclip.rpc.v1.CompressionB\x06\n\x04_rho\"\x8b\x05\n\tRunConfig\x12\x31\n\x08\x62\x61\x63kbone\x18\x01 \x01(\x0b\x32\x1f.fedmedclip.rpc.v1.BackboneSpec\x12-\n\x05train\x18\x02 \x01(\x0b\x32\x1e.fedmedclip.rpc.v1.TrainConfig\x12-\n\x05\x63odec\x18\x03 \x01(\x0b\x32\x1e.fedmedclip.rpc.v1.CodecConfig\x12\x0e\n\x06rounds\x18\x04 \x01(\r\x12\x11\n\tembed_dim\x18\x05 \x01(\r\x12\x11\n\tmin_sites\x18\x06 \x01(\r\x12\x30\n\rround_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10prompt_templates\x18\x08 \x03(\t\x12\x10\n\x08\x66\x61m_seed\x18\t \x01(\x04\x12\x32\n\x0blate_policy\x18\n \x01(\x0e\x32\x1d.fedmedclip.rpc.v1.LatePolicy\x12/\n\tweighting\x18\x0b \x01(\x0e\x32\x1c.fedmedclip.rpc.v1.Weighting\x12\x17\n\nnorm_bound\x18\x0c \x01(\x01H\x00\x88\x01\x01\x12!\n\x14max_samples_per_site\x18\x14 \x01(\x04H\x01\x88\x01\x01\x12\x16\n\tclip_norm\x18\x15 \x01(\x01H\x02\x88\x01\x01\x12<\n\x10\x61ggregation_rule\x18\x16 \x01(\x0e\x32\".fedmedclip.rpc.v1.AggregationRule\x12\x1a\n\rtrim_fraction\x18\x17 \x01(\x01H\x03\x88\x01\x01\x42\r\n\x0b_norm_boundB\x17\n\x15_max_samples_per_siteB\x0c\n\n_clip_normB\x10\n\x0e_trim_fraction\"V\n\nModelChunk\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.fedmedclip.rpc.v1.ModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"s\n\x0bModelHeader\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12.\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1e.fedmedclip.rpc.v1.ModelFormat\"C\n\x08SiteInfo\x12\x10\n\x08platform\x18\x01 \x01(\t\x12\x15\n\rtorch_version\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t*S\n\nPreprocess\x12\x1a\n\x16PREPROCESS_UNSPECIFIED\x10\x00\x12\x13\n\x0fPREPROCESS_CLIP\x10\x01\x12\x14\n\x10PREPROCESS_PAPER\x10\x02*_\n\x0b\x43ontrastive\x12\x1b\n\x17\x43ONTRASTIVE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONTRASTIVE_PAIRWISE\x10\x01\x12\x19\n\x15\x43ONTRASTIVE_PROTOTYPE\x10\x02*q\n\x0cQuantization\x12\x1c\n\x18QUANTIZATION_UNSPECIFIED\x10\x00\x12\x15\n\x11QUANTIZATION_INT8\x10\x01\x12\x15\n\x11QUANTIZATION_FP16\x10\x02\x12\x15\n\x11QUANTIZATION_FP32\x10\x03*l\n\x0b\x43ompression\x12\x1b\n\x17\x43OMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OMPRESSION_ZSTD\x10\x01\x12\x14\n\x10\x43OMPRESSION_ZLIB\x10\x02\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x03*\x8e\x01\n\x0f\x41ggregationRule\x12 \n\x1c\x41GGREGATION_RULE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41GGREGATION_RULE_MEAN\x10\x01\x12!\n\x1d\x41GGREGATION_RULE_TRIMMED_MEAN\x10\x02\x12\x1b\n\x17\x41GGREGATION_RULE_MEDIAN\x10\x03*f\n\nLatePolicy\x12\x1b\n\x17LATE_POLICY_UNSPECIFIED\x10\x00\x12#\n\x1fLATE_POLICY_ACCEPT_UNTIL_QUORUM\x10\x01\x12\x16\n\x12LATE_POLICY_REOPEN\x10\x02*T\n\tWeighting\x12\x19\n\x15WEIGHTING_UNSPECIFIED\x10\x00\x12\x15\n\x11WEIGHTING_SAMPLES\x10\x01\x12\x15\n\x11WEIGHTING_UNIFORM\x10\x02*I\n\x0bModelFormat\x12\x1c\n\x18MODEL_FORMAT_UNSPECIFIED\x10\x00\x12\x1c\n\x18MODEL_FORMAT_SAFETENSORS\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedmedclip.rpc.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PREPROCESS']._serialized_start=1779
-  _globals['_PREPROCESS']._serialized_end=1862
-  _globals['_CONTRASTIVE']._serialized_start=1864
-  _globals['_CONTRASTIVE']._serialized_end=1959
-  _globals['_QUANTIZATION']._serialized_start=1961
-  _globals['_QUANTIZATION']._serialized_end=2074
-  _globals['_COMPRESSION']._serialized_start=2076
-  _globals['_COMPRESSION']._serialized_end=2184
-  _globals['_LATEPOLICY']._serialized_start=2186
-  _globals['_LATEPOLICY']._serialized_end=2288
-  _globals['_WEIGHTING']._serialized_start=2290
-  _globals['_WEIGHTING']._serialized_end=2374
-  _globals['_MODELFORMAT']._serialized_start=2376
-  _globals['_MODELFORMAT']._serialized_end=2449
+  _globals['_PREPROCESS']._serialized_start=1985
+  _globals['_PREPROCESS']._serialized_end=2068
+  _globals['_CONTRASTIVE']._serialized_start=2070
+  _globals['_CONTRASTIVE']._serialized_end=2165
+  _globals['_QUANTIZATION']._serialized_start=2167
+  _globals['_QUANTIZATION']._serialized_end=2280
+  _globals['_COMPRESSION']._serialized_start=2282
+  _globals['_COMPRESSION']._serialized_end=2390
+  _globals['_AGGREGATIONRULE']._serialized_start=2393
+  _globals['_AGGREGATIONRULE']._serialized_end=2535
+  _globals['_LATEPOLICY']._serialized_start=2537
+  _globals['_LATEPOLICY']._serialized_end=2639
+  _globals['_WEIGHTING']._serialized_start=2641
+  _globals['_WEIGHTING']._serialized_end=2725
+  _globals['_MODELFORMAT']._serialized_start=2727
+  _globals['_MODELFORMAT']._serialized_end=2800
   _globals['_BACKBONESPEC']._serialized_start=86
   _globals['_BACKBONESPEC']._serialized_end=238
   _globals['_TRAINCONFIG']._serialized_start=241
@@ -53,11 +55,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CODECCONFIG']._serialized_start=908
   _globals['_CODECCONFIG']._serialized_end=1055
   _globals['_RUNCONFIG']._serialized_start=1058
-  _globals['_RUNCONFIG']._serialized_end=1503
-  _globals['_MODELCHUNK']._serialized_start=1505
-  _globals['_MODELCHUNK']._serialized_end=1591
-  _globals['_MODELHEADER']._serialized_start=1593
-  _globals['_MODELHEADER']._serialized_end=1708
-  _globals['_SITEINFO']._serialized_start=1710
-  _globals['_SITEINFO']._serialized_end=1777
+  _globals['_RUNCONFIG']._serialized_end=1709
+  _globals['_MODELCHUNK']._serialized_start=1711
+  _globals['_MODELCHUNK']._serialized_end=1797
+  _globals['_MODELHEADER']._serialized_start=1799
+  _globals['_MODELHEADER']._serialized_end=1914
+  _globals['_SITEINFO']._serialized_start=1916
+  _globals['_SITEINFO']._serialized_end=1983
 # @@protoc_insertion_point(module_scope)
