@@ -69,7 +69,7 @@ class _Call:
         """Refuse integers that do not fit where they go (docs/design.md §6) with INVALID_ARGUMENT."""
         try:
             serde.check_int_ranges(request)
-        except serde.FieldOutOfRange as exc:
+        except serde.FieldOutOfRangeError as exc:
             raise InvalidArgument(str(exc)) from exc
 
     def admin(self, request: Message | None = None) -> None:

@@ -99,11 +99,14 @@ class RunConfig:
         if self.max_samples_per_site is not None and (
             not _is_int(self.max_samples_per_site) or self.max_samples_per_site < 1
         ):
-            problems.append(f"max_samples_per_site must be an integer >= 1 or absent, got {self.max_samples_per_site!r}")
+            problems.append(
+                f"max_samples_per_site must be an integer >= 1 or absent, got {self.max_samples_per_site!r}"
+            )
         if self.clip_norm is not None and not _is_positive_finite(self.clip_norm):
             problems.append(f"clip_norm must be a positive number or absent, got {self.clip_norm!r}")
         if self.aggregation_rule not in AGGREGATION_RULES:
-            problems.append(f"aggregation_rule must be one of {', '.join(AGGREGATION_RULES)}, got {self.aggregation_rule!r}")
+            rules = ", ".join(AGGREGATION_RULES)
+            problems.append(f"aggregation_rule must be one of {rules}, got {self.aggregation_rule!r}")
         if not isinstance(self.trim_fraction, int | float) or not 0 <= self.trim_fraction < 0.5:
             problems.append(f"trim_fraction must be in [0, 0.5), got {self.trim_fraction!r}")
         if self.late_policy not in ("accept_until_quorum", "reopen"):

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf import duration_pb2
 from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from fedmedclip.federation import messages as m
@@ -70,7 +70,7 @@ _INT_LIMITS: dict[int, tuple[int, int]] = {
 }
 
 
-class FieldOutOfRange(ValueError):
+class FieldOutOfRangeError(ValueError):
     """An integer field of a received message lies outside what the aggregator can store or use."""
 
     def __init__(self, field: str, value: int, low: int, high: int) -> None:
@@ -79,7 +79,7 @@ class FieldOutOfRange(ValueError):
 
 
 def check_int_ranges(message: Message, prefix: str = "") -> None:
-    """Raise ``FieldOutOfRange`` naming the first integer field of ``message`` (nested messages, repeated
+    """Raise ``FieldOutOfRangeError`` naming the first integer field of ``message`` (nested messages, repeated
     fields and maps included) whose value does not fit its column; called on every received request."""
     for field, value in message.ListFields():
         path = f"{prefix}{field.name}"
@@ -103,7 +103,7 @@ def check_int_ranges(message: Message, prefix: str = "") -> None:
 def _check_int(field: FieldDescriptor, value: Any, where: str) -> None:
     limits = _INT_LIMITS.get(field.type)
     if limits is not None and not limits[0] <= value <= limits[1]:
-        raise FieldOutOfRange(where, value, *limits)
+        raise FieldOutOfRangeError(where, value, *limits)
 
 
 # TrainConfig field -> proto field, for the scalar fields copied as they are (betas and contrastive are
