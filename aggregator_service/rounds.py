@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -22,6 +23,7 @@ from aggregator_service.errors import FailedPrecondition
 from aggregator_service.logs import event
 from aggregator_service.store.base import NewVersion, RoundRecord, RoundState, RunRecord, RunState, UpdateRecord
 from fedmedclip.federation.aggregate import SiteUpdate, aggregate
+from fedmedclip.federation.robust import capped_samples
 from fedmedclip.federation.codec import decode_update
 from fedmedclip.federation.errors import FederationError
 from fedmedclip.federation.fam_bytes import fam_from_bytes, fam_to_bytes, sha256_hex
@@ -33,14 +35,15 @@ Decision = Literal["wait", "close", "abandon"]
 IDLE_CHECK_S = 1.0  # how often the engine looks at the clock when nothing wakes it
 
 
-def weighted_metrics(updates: list[UpdateRecord]) -> dict[str, float]:
-    """Sample-weighted mean of each metric over the updates that reported it."""
+def weighted_metrics(updates: list[UpdateRecord], max_samples: int | None = None) -> dict[str, float]:
+    """Sample-weighted mean of each metric over the updates that reported it (weights capped like the FAM's)."""
     sums: dict[str, float] = {}
     weights: dict[str, float] = {}
     for update in updates:
+        weight = capped_samples(update.num_samples, max_samples)
         for key, value in update.metrics.items():
-            sums[key] = sums.get(key, 0.0) + value * update.num_samples
-            weights[key] = weights.get(key, 0.0) + update.num_samples
+            sums[key] = sums.get(key, 0.0) + value * weight
+            weights[key] = weights.get(key, 0.0) + weight
     return {key: sums[key] / weights[key] for key in sorted(sums) if weights[key] > 0}
 
 
@@ -139,9 +142,22 @@ class RoundEngine:
         try:
             decoded = self._decode(updates, current)
             parent = self._state(current.input_version, config.embed_dim)
-            site_updates = [decoded[u.id] for u in updates]
+            # A site's claimed sample count is its weight: capped by the run (docs/design.md §6).
+            site_updates = [
+                replace(decoded[u.id], num_samples=capped_samples(u.num_samples, config.max_samples_per_site))
+                for u in updates
+            ]
             # Each update passed validate_update with these shapes and bound when it was accepted.
-            new_state = aggregate(parent, site_updates, config.weighting, config.norm_bound, prevalidated=True)
+            new_state = aggregate(
+                parent,
+                site_updates,
+                config.weighting,
+                config.norm_bound,
+                prevalidated=True,
+                clip_norm=config.clip_norm,
+                rule=config.aggregation_rule,
+                trim_fraction=config.trim_fraction,
+            )
         except (FederationError, ValueError, KeyError) as exc:
             # Deterministic: retrying would fail the same way, so the run stops with the reason.
             message = f"aggregation of round {current.number} failed: {exc}"
@@ -158,7 +174,7 @@ class RoundEngine:
                 current.id,
                 NewVersion(data, sha256_hex(data), current.input_version),
                 [u.id for u in updates],
-                weighted_metrics(updates),
+                weighted_metrics(updates, config.max_samples_per_site),
                 now,
                 None if final else now + timedelta(seconds=config.round_timeout_s),
             )
