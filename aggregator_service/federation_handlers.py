@@ -30,7 +30,7 @@ from aggregator_service.store.base import (
 )
 from fedmedclip import PROTOCOL_VERSION
 from fedmedclip.federation.aggregate import SiteUpdate, validate_update
-from fedmedclip.federation.codec import decode_update
+from fedmedclip.federation.codec import decode_update, max_payload_bytes
 from fedmedclip.federation.errors import CorruptUpdate, UpdateRejected
 from fedmedclip.federation.fam_bytes import SAFETENSORS, sha256_hex
 from fedmedclip.federation.messages import (
@@ -164,11 +164,18 @@ def check_update_header(
         raise InvalidArgument(f"num_samples must be >= 1, got {header.num_samples}")
     _check_metrics(svc, header.metrics)
     run = run_or_not_found(svc, header.run_id)
+    config = RunConfig.from_dict(run.config)
+    # The run's FAM shape bounds a valid payload: refuse a larger one before reading a byte of it.
+    shape_limit = max_payload_bytes(fam_shapes(config.embed_dim))
+    if header.total_bytes > shape_limit:
+        raise InvalidArgument(
+            f"update of {header.total_bytes} bytes exceeds the {shape_limit} bytes any update of this run's "
+            f"FAM (embed_dim {config.embed_dim}) can take"
+        )
     target = svc.store.get_round(run.id, header.round)
     if target is None:
         raise FailedPrecondition(f"run {run.id} has no round {header.round} (yet)")
     existing = svc.store.site_update(target.id, site.id)
-    config = RunConfig.from_dict(run.config)
     if existing is not None and existing.sha256 == header.sha256:
         return config, target, existing  # an idempotent resubmission: acknowledged once the bytes are read
     if run.state != RunState.RUNNING:
@@ -203,7 +210,7 @@ def decode_and_validate(
     """Decode the payload and check it against the run: codec, names, shapes, finite values, norm bound."""
     started, started_cpu = time.perf_counter(), time.thread_time()
     try:
-        update = decode_update(payload, header.sha256)
+        update = decode_update(payload, header.sha256, shapes=fam_shapes(config.embed_dim))
     except CorruptUpdate as exc:
         raise InvalidArgument(f"corrupt update: {exc}") from exc
     if update.codec != config.codec:

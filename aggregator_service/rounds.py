@@ -23,10 +23,10 @@ from aggregator_service.errors import FailedPrecondition
 from aggregator_service.logs import event
 from aggregator_service.store.base import NewVersion, RoundRecord, RoundState, RunRecord, RunState, UpdateRecord
 from fedmedclip.federation.aggregate import SiteUpdate, aggregate
-from fedmedclip.federation.robust import capped_samples
 from fedmedclip.federation.codec import decode_update
 from fedmedclip.federation.errors import FederationError
 from fedmedclip.federation.fam_bytes import fam_from_bytes, fam_to_bytes, sha256_hex
+from fedmedclip.federation.robust import capped_samples
 from fedmedclip.federation.run_config import RunConfig
 
 log = logging.getLogger("aggregator_service.rounds")
