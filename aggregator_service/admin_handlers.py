@@ -11,7 +11,7 @@ import secrets
 from datetime import timedelta
 
 from aggregator_service import auth
-from aggregator_service.audit import audit_ok
+from aggregator_service.audit import audit_ok, flush_refusals
 from aggregator_service.context import Services
 from aggregator_service.errors import FailedPrecondition, NotFound
 from aggregator_service.federation_handlers import ModelBlob, get_model, run_or_not_found
@@ -108,6 +108,7 @@ _STATUS_ATTEMPTS = 5
 
 def _round_statuses(svc: Services, run: RunRecord) -> list[m.RoundStatus]:
     sites = svc.store.list_sites()
+    flush_refusals(svc)  # counted in memory until written: write them first so the status is current
     refusals = svc.store.list_audit(limit=1000, outcome="refused", run_id=run.id)
     rounds: list[m.RoundStatus] = []
     for record in svc.store.list_rounds(run.id):

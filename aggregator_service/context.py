@@ -13,6 +13,7 @@ import torch
 
 from aggregator_service.metrics import Metrics
 from aggregator_service.notifier import Notifier
+from aggregator_service.refusals import RefusalCounter
 from aggregator_service.site_limits import IdleWatch, SiteSlots
 from aggregator_service.store.base import Store
 from fedmedclip.federation.aggregate import SiteUpdate
@@ -35,6 +36,7 @@ class Limits:
     max_calls_per_site: int = 8  # Federation calls one site may have in flight (long polls included)
     busy_retry_s: float = 2.0  # the retry hint of a RESOURCE_EXHAUSTED refusal of a per-site limit
     stream_idle_timeout_s: float = 30.0  # a stream that moves no message for this long is cancelled
+    audit_max_keys: int = 10_000  # distinct refusal keys counted per audit window before the overflow key
 
 
 class Slots:
@@ -148,12 +150,14 @@ class Services:
     models: FamCache = field(default_factory=FamCache)
     long_polls: Slots = field(init=False)
     site_slots: SiteSlots = field(init=False)
+    refusals: RefusalCounter = field(init=False)
     idle_watch: IdleWatch = field(init=False)
     _touched: dict[int, float] = field(default_factory=dict, init=False)
     _touch_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
         self.long_polls = Slots(self.limits.max_long_polls)
+        self.refusals = RefusalCounter(self.limits.audit_max_keys)
         self.site_slots = SiteSlots(self.limits.max_calls_per_site, self.limits.busy_retry_s)
         self.idle_watch = IdleWatch(self.limits.stream_idle_timeout_s)
 

@@ -17,6 +17,7 @@ from grpc_health.v1 import health
 from prometheus_client import start_http_server
 from sqlalchemy.engine import make_url
 
+from aggregator_service.audit import AuditWriter
 from aggregator_service.context import Limits, Services
 from aggregator_service.logs import event
 from aggregator_service.rounds import RoundEngine
@@ -54,6 +55,7 @@ class RunningServer:
     metrics_port: int | None
     _engine_thread: threading.Thread
     _stop_engine: threading.Event
+    _audit: AuditWriter | None = None
     _metrics_http: Any = None
     _stopped: bool = field(default=False)
 
@@ -78,6 +80,8 @@ class RunningServer:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
         self.svc.idle_watch.stop()
+        if self._audit is not None:
+            self._audit.stop()  # writes the refusals still counted in memory
         self.svc.store.close()
         event(log, "stopped")
 
@@ -128,8 +132,9 @@ def start_server(settings: AggregatorSettings, store: Store | None = None) -> Ru
     stop_engine = threading.Event()
     engine_thread = threading.Thread(target=engine.run, args=(stop_engine,), name="round-engine", daemon=True)
     engine_thread.start()
+    audit = AuditWriter(svc, settings.audit_window_s, settings.audit_retention_days).start()
     running = RunningServer(
-        settings, svc, server, health_servicer, port, metrics_port, engine_thread, stop_engine, metrics_http
+        settings, svc, server, health_servicer, port, metrics_port, engine_thread, stop_engine, audit, metrics_http
     )
     event(
         log,

@@ -67,6 +67,10 @@ class AggregatorSettings(ServiceSettings):
     stream_idle_timeout_s: float = Field(
         default=30.0, gt=0, description="A stream (upload or download) that moves nothing this long is cancelled."
     )
+    audit_window_s: float = Field(
+        default=60.0, gt=0, description="Refusals are counted per peer, call and reason, and written once per window."
+    )
+    audit_retention_days: float = Field(default=90.0, gt=0, description="Audit rows older than this are deleted.")
     poll_wait_cap_s: float = Field(default=20.0, gt=0, description="Longest a PollTask is held before a wait task.")
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="On SIGTERM, how long in-flight calls may finish.")
     torch_threads: int = Field(

@@ -139,6 +139,7 @@ class AuditEntry:
     run_id: str | None = None
     round: int | None = None
     site: str | None = None
+    count: int = 1  # refusals: how many calls of this key the row stands for
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,14 @@ class Store(abc.ABC):
     # --- audit -----------------------------------------------------------------------------------------
     @abc.abstractmethod
     def add_audit(self, entry: AuditEntry) -> None: ...
+
+    @abc.abstractmethod
+    def add_audit_batch(self, entries: list[AuditEntry]) -> None:
+        """Several rows in one transaction (the counted refusals of a window)."""
+
+    @abc.abstractmethod
+    def prune_audit(self, before: datetime) -> int:
+        """Delete the rows older than ``before``; returns how many."""
 
     @abc.abstractmethod
     def list_audit(self, limit: int = 100, outcome: str | None = None, run_id: str | None = None) -> list[AuditRecord]:

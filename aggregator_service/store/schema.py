@@ -171,3 +171,4 @@ class AuditRow(Base):
     run_id: Mapped[str | None] = mapped_column(String(32))
     round: Mapped[int | None] = mapped_column(Integer)
     site: Mapped[str | None] = mapped_column(String(64))
+    count: Mapped[int] = mapped_column(Integer, default=1, server_default="1")

@@ -463,8 +463,11 @@ class SqlStore(Store):
 
     # --- audit -----------------------------------------------------------------------------------------
     def add_audit(self, entry: AuditEntry) -> None:
+        self.add_audit_batch([entry])
+
+    def add_audit_batch(self, entries: list[AuditEntry]) -> None:
         with self._write() as session:
-            session.add(
+            session.add_all(
                 AuditRow(
                     at=entry.at,
                     actor=entry.actor[:200],
@@ -475,8 +478,14 @@ class SqlStore(Store):
                     run_id=entry.run_id,
                     round=entry.round,
                     site=None if entry.site is None else entry.site[:64],
+                    count=min(entry.count, (1 << 31) - 1),
                 )
+                for entry in entries
             )
+
+    def prune_audit(self, before: datetime) -> int:
+        with self._write() as session:
+            return _rowcount(session.execute(delete(AuditRow).where(AuditRow.at < before)))
 
     def list_audit(self, limit: int = 100, outcome: str | None = None, run_id: str | None = None) -> list[AuditRecord]:
         query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
@@ -496,6 +505,7 @@ class SqlStore(Store):
                     run_id=row.run_id,
                     round=row.round,
                     site=row.site,
+                    count=row.count,
                     id=row.id,
                 )
                 for row in session.scalars(query)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from aggregator_service import admin_handlers, federation_handlers
-from aggregator_service.audit import record_refusal
+from aggregator_service.audit import flush_refusals, record_refusal
 from aggregator_service.auth import authenticate_admin, authenticate_site
 from aggregator_service.context import Services
 from aggregator_service.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
@@ -218,6 +218,7 @@ def test_stop_run_ends_polls_and_is_audited(svc: Services) -> None:
         admin_handlers.stop_run(svc, "nope", "")
     error = FailedPrecondition("round 1 is closed: it accepts no updates")
     record_refusal(svc, "SubmitUpdate", "site-a", error, started.run_id, 1, "site-a")
+    flush_refusals(svc)
     audit = {(a.action, a.outcome) for a in svc.store.list_audit()}
     assert {("EnrolSite", "ok"), ("StartRun", "ok"), ("StopRun", "ok"), ("SubmitUpdate", "refused")} <= audit
     # A refused update shows in the round's participation with its reason.

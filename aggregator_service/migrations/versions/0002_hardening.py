@@ -1,0 +1,26 @@
+"""Hardening: audit rows count the refusals they stand for (refusals are written per peer, reason and window).
+
+Revision ID: 0002_hardening
+Revises: 0001
+Create Date: 2026-12-01
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002_hardening"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("audit_log") as batch:
+        batch.add_column(sa.Column("count", sa.Integer(), server_default="1", nullable=False))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("audit_log") as batch:
+        batch.drop_column("count")
