@@ -33,6 +33,7 @@ class Limits:
     touch_interval_s: float = 15.0  # last_seen is written at most this often per site (except Join)
     max_metrics: int = 32  # metric keys per update
     max_metric_name: int = 64
+    max_site_info_chars: int = 256  # each field a site tells about itself (software version, platform...)
     max_calls_per_site: int = 8  # Federation calls one site may have in flight (long polls included)
     busy_retry_s: float = 2.0  # the retry hint of a RESOURCE_EXHAUSTED refusal of a per-site limit
     stream_idle_timeout_s: float = 30.0  # a stream that moves no message for this long is cancelled

@@ -53,6 +53,8 @@ from fedmedclip.model.fam import fam_shapes
 log = logging.getLogger("aggregator_service")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_METRIC_NAME = re.compile(r"[A-Za-z0-9_.:/-]+")
+MAX_METRIC_MAGNITUDE = 1e12  # a loss, an accuracy or a count: anything larger is a bug or an attack
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ def join(svc: Services, site: SiteRecord, request: JoinRequest) -> JoinReply:
         )
     if protocol[1] != minor:
         event(log, "protocol minor differs", site=site.name, site_protocol=f"{protocol[0]}.{protocol[1]}")
+    _check_site_text(svc, {"software_version": software_version, **asdict(request.site_info)})
     svc.store.touch_site(site.id, svc.clock(), software_version=software_version, site_info=asdict(request.site_info))
     run = svc.store.active_run()
     event(log, "site joined", site=site.name, run=None if run is None else run.id, software=software_version)
@@ -299,14 +302,28 @@ def run_or_not_found(svc: Services, run_id: str) -> RunRecord:
     return run
 
 
+def _check_site_text(svc: Services, fields: Mapping[str, object]) -> None:
+    """What a site says about itself is stored and shown to operators: bounded, printable text."""
+    limit = svc.limits.max_site_info_chars
+    for name, value in fields.items():
+        text = str(value)
+        if len(text) > limit:
+            raise InvalidArgument(f"site_info {name} has {len(text)} characters; at most {limit} are accepted")
+        if not text.isprintable():
+            raise InvalidArgument(f"site_info {name} contains control characters")
+
+
 def _check_metrics(svc: Services, metrics: Mapping[str, float]) -> None:
     if len(metrics) > svc.limits.max_metrics:
         raise InvalidArgument(f"{len(metrics)} metrics; at most {svc.limits.max_metrics} are accepted")
     for key, value in metrics.items():
-        if not key or len(key) > svc.limits.max_metric_name:
-            raise InvalidArgument(f"metric name {key[:80]!r} must have 1 to {svc.limits.max_metric_name} characters")
-        if not math.isfinite(value):
-            raise InvalidArgument(f"metric {key!r} is not finite")
+        if not _METRIC_NAME.fullmatch(key) or len(key) > svc.limits.max_metric_name:
+            raise InvalidArgument(
+                f"metric name {key[:80]!r} must have 1 to {svc.limits.max_metric_name} characters of "
+                "letters, digits and _ . : / -"
+            )
+        if not math.isfinite(value) or abs(value) > MAX_METRIC_MAGNITUDE:
+            raise InvalidArgument(f"metric {key!r} must be finite and at most {MAX_METRIC_MAGNITUDE:g} in size")
 
 
 def _touch(svc: Services, site: SiteRecord) -> None:

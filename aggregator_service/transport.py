@@ -225,9 +225,8 @@ class AdminServicer(_Transport, admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ListVersionsResponse:
         with self._rpc("ListVersions", context) as call:
             call.admin(request)
-            run_id = serde.list_versions_request_from_proto(request).run_id
-            versions = admin_handlers.list_versions(self.svc, run_id)
-            return serde.list_versions_reply_to_proto(m.ListVersionsReply(tuple(versions)))
+            listing = serde.list_versions_request_from_proto(request)
+            return serde.list_versions_reply_to_proto(admin_handlers.list_versions(self.svc, listing))
 
     def ExportVersion(  # noqa: N802 - gRPC method name
         self, request: admin_pb2.ExportVersionRequest, context: grpc.ServicerContext
@@ -251,7 +250,8 @@ class AdminServicer(_Transport, admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ListSitesResponse:
         with self._rpc("ListSites", context) as call:
             call.admin(request)
-            return serde.list_sites_reply_to_proto(m.ListSitesReply(tuple(admin_handlers.list_sites(self.svc))))
+            listing = serde.list_sites_request_from_proto(request)
+            return serde.list_sites_reply_to_proto(admin_handlers.list_sites(self.svc, listing))
 
     def RevokeSite(  # noqa: N802 - gRPC method name
         self, request: admin_pb2.RevokeSiteRequest, context: grpc.ServicerContext

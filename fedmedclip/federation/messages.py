@@ -232,6 +232,8 @@ class ListRunsReply:
 @dataclass(frozen=True)
 class ListVersionsRequest:
     run_id: str
+    page_size: int = 0  # 0: the server's default
+    page_token: str = ""  # the previous reply's next_page_token; "": the first page
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,7 @@ class FamVersion:
 @dataclass(frozen=True)
 class ListVersionsReply:
     versions: tuple[FamVersion, ...]
+    next_page_token: str = ""  # "": the last page
 
 
 @dataclass(frozen=True)
@@ -289,12 +292,14 @@ class EnrolSiteReply:
 
 @dataclass(frozen=True)
 class ListSitesRequest:
-    pass
+    page_size: int = 0  # 0: the server's default
+    page_token: str = ""  # the previous reply's next_page_token; "": the first page
 
 
 @dataclass(frozen=True)
 class ListSitesReply:
     sites: tuple[Site, ...]
+    next_page_token: str = ""  # "": the last page
 
 
 @dataclass(frozen=True)

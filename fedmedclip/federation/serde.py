@@ -70,11 +70,16 @@ _INT_LIMITS: dict[int, tuple[int, int]] = {
 }
 
 
-class FieldOutOfRangeError(ValueError):
-    """An integer field of a received message lies outside what the aggregator can store or use."""
+# Longest text any string field of a request may hold; stricter bounds apply where the service knows
+# more (a site's self-description: ``Limits.max_site_info_chars``).
+MAX_TEXT_CHARS = 4096
 
-    def __init__(self, field: str, value: int, low: int, high: int) -> None:
-        super().__init__(f"field {field} = {value} is out of range [{low}, {high}]")
+
+class FieldOutOfRangeError(ValueError):
+    """A field of a received message lies outside what the aggregator can store or use."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"field {field} {problem}")
         self.field = field
 
 
@@ -86,10 +91,11 @@ def check_int_ranges(message: Message, prefix: str = "") -> None:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
             for key, item in value.items():
+                _check_text(key, f"{path} key")
                 if value_field.message_type is not None:
                     check_int_ranges(item, f"{path}[{key!r}].")
                 else:
-                    _check_int(value_field, item, f"{path}[{key!r}]")
+                    _check_scalar(value_field, item, f"{path}[{key!r}]")
             continue
         items = list(value) if field.is_repeated else [value]
         for index, item in enumerate(items):
@@ -97,13 +103,21 @@ def check_int_ranges(message: Message, prefix: str = "") -> None:
             if field.type == FieldDescriptor.TYPE_MESSAGE:
                 check_int_ranges(item, f"{where}.")
             else:
-                _check_int(field, item, where)
+                _check_scalar(field, item, where)
 
 
-def _check_int(field: FieldDescriptor, value: Any, where: str) -> None:
+def _check_scalar(field: FieldDescriptor, value: Any, where: str) -> None:
+    if field.type == FieldDescriptor.TYPE_STRING:
+        _check_text(value, where)
+        return
     limits = _INT_LIMITS.get(field.type)
     if limits is not None and not limits[0] <= value <= limits[1]:
-        raise FieldOutOfRangeError(where, value, *limits)
+        raise FieldOutOfRangeError(where, f"= {value} is out of range [{limits[0]}, {limits[1]}]")
+
+
+def _check_text(value: object, where: str) -> None:
+    if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+        raise FieldOutOfRangeError(where, f"has {len(value)} characters; at most {MAX_TEXT_CHARS} are accepted")
 
 
 # TrainConfig field -> proto field, for the scalar fields copied as they are (betas and contrastive are
@@ -740,11 +754,13 @@ def list_runs_reply_from_proto(message: admin_pb.ListRunsResponse) -> m.ListRuns
 
 
 def list_versions_request_to_proto(request: m.ListVersionsRequest) -> admin_pb.ListVersionsRequest:
-    return admin_pb.ListVersionsRequest(run_id=request.run_id)
+    return admin_pb.ListVersionsRequest(
+        run_id=request.run_id, page_size=request.page_size, page_token=request.page_token
+    )
 
 
 def list_versions_request_from_proto(message: admin_pb.ListVersionsRequest) -> m.ListVersionsRequest:
-    return m.ListVersionsRequest(message.run_id)
+    return m.ListVersionsRequest(message.run_id, message.page_size, message.page_token)
 
 
 def fam_version_to_proto(version: m.FamVersion) -> admin_pb.FamVersion:
@@ -781,11 +797,13 @@ def fam_version_from_proto(message: admin_pb.FamVersion) -> m.FamVersion:
 
 
 def list_versions_reply_to_proto(reply: m.ListVersionsReply) -> admin_pb.ListVersionsResponse:
-    return admin_pb.ListVersionsResponse(versions=[fam_version_to_proto(v) for v in reply.versions])
+    return admin_pb.ListVersionsResponse(
+        versions=[fam_version_to_proto(v) for v in reply.versions], next_page_token=reply.next_page_token
+    )
 
 
 def list_versions_reply_from_proto(message: admin_pb.ListVersionsResponse) -> m.ListVersionsReply:
-    return m.ListVersionsReply(tuple(fam_version_from_proto(v) for v in message.versions))
+    return m.ListVersionsReply(tuple(fam_version_from_proto(v) for v in message.versions), message.next_page_token)
 
 
 def export_version_request_to_proto(request: m.ExportVersionRequest) -> admin_pb.ExportVersionRequest:
@@ -837,20 +855,22 @@ def enrol_site_reply_from_proto(message: admin_pb.EnrolSiteResponse) -> m.EnrolS
     return m.EnrolSiteReply(site_from_proto(message.site), message.token)
 
 
-def list_sites_request_to_proto(_request: m.ListSitesRequest) -> admin_pb.ListSitesRequest:
-    return admin_pb.ListSitesRequest()
+def list_sites_request_to_proto(request: m.ListSitesRequest) -> admin_pb.ListSitesRequest:
+    return admin_pb.ListSitesRequest(page_size=request.page_size, page_token=request.page_token)
 
 
-def list_sites_request_from_proto(_message: admin_pb.ListSitesRequest) -> m.ListSitesRequest:
-    return m.ListSitesRequest()
+def list_sites_request_from_proto(message: admin_pb.ListSitesRequest) -> m.ListSitesRequest:
+    return m.ListSitesRequest(message.page_size, message.page_token)
 
 
 def list_sites_reply_to_proto(reply: m.ListSitesReply) -> admin_pb.ListSitesResponse:
-    return admin_pb.ListSitesResponse(sites=[site_to_proto(s) for s in reply.sites])
+    return admin_pb.ListSitesResponse(
+        sites=[site_to_proto(s) for s in reply.sites], next_page_token=reply.next_page_token
+    )
 
 
 def list_sites_reply_from_proto(message: admin_pb.ListSitesResponse) -> m.ListSitesReply:
-    return m.ListSitesReply(tuple(site_from_proto(s) for s in message.sites))
+    return m.ListSitesReply(tuple(site_from_proto(s) for s in message.sites), message.next_page_token)
 
 
 def revoke_site_request_to_proto(request: m.RevokeSiteRequest) -> admin_pb.RevokeSiteRequest:

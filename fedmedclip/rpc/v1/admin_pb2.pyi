@@ -175,16 +175,22 @@ class SiteParticipation(_message.Message):
     def __init__(self, site: _Optional[str] = ..., state: _Optional[_Union[ParticipationState, str]] = ..., num_samples: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ListVersionsRequest(_message.Message):
-    __slots__ = ("run_id",)
+    __slots__ = ("run_id", "page_size", "page_token")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     run_id: str
-    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, run_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListVersionsResponse(_message.Message):
-    __slots__ = ("versions",)
+    __slots__ = ("versions", "next_page_token")
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     versions: _containers.RepeatedCompositeFieldContainer[FamVersion]
-    def __init__(self, versions: _Optional[_Iterable[_Union[FamVersion, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, versions: _Optional[_Iterable[_Union[FamVersion, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class FamVersion(_message.Message):
     __slots__ = ("version", "run_id", "round", "parent_version", "sha256", "size_bytes", "format", "created_at", "contributions")
@@ -241,14 +247,20 @@ class EnrolSiteResponse(_message.Message):
     def __init__(self, site: _Optional[_Union[Site, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
 
 class ListSitesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListSitesResponse(_message.Message):
-    __slots__ = ("sites",)
+    __slots__ = ("sites", "next_page_token")
     SITES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     sites: _containers.RepeatedCompositeFieldContainer[Site]
-    def __init__(self, sites: _Optional[_Iterable[_Union[Site, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, sites: _Optional[_Iterable[_Union[Site, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RevokeSiteRequest(_message.Message):
     __slots__ = ("site", "reason")
