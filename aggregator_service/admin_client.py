@@ -115,9 +115,9 @@ class AdminClient:
             raise AdminCallError(grpc.StatusCode.DATA_LOSS, "the model stream repeated its header")
         return header, b"".join(data)
 
-    def enrol_site(self, name: str, description: str = "") -> m.EnrolSiteReply:
+    def enrol_site(self, name: str, description: str = "", max_samples: int | None = None) -> m.EnrolSiteReply:
         """Enrol a site; the reply holds its token, which is shown only this once."""
-        request = serde.enrol_site_request_to_proto(m.EnrolSiteRequest(name, description))
+        request = serde.enrol_site_request_to_proto(m.EnrolSiteRequest(name, description, max_samples))
         return self._call(self._stub.EnrolSite, request, serde.enrol_site_reply_from_proto)
 
     def list_sites(self) -> list[m.Site]:

@@ -160,11 +160,12 @@ def export_version(svc: Services, version: int) -> ModelBlob:
     return blob
 
 
-def enrol_site(svc: Services, name: str, description: str) -> m.EnrolSiteReply:
+def enrol_site(svc: Services, name: str, description: str, max_samples: int | None = None) -> m.EnrolSiteReply:
     auth.check_site_name(name)
     token = auth.new_site_token()
-    site = svc.store.add_site(name, description[:1000], auth.hash_token(token), svc.clock())
-    audit_ok(svc, "EnrolSite", description[:200], site=name)
+    site = svc.store.add_site(name, description[:1000], auth.hash_token(token), svc.clock(), max_samples)
+    cap = "" if max_samples is None else f" (max_samples {max_samples})"
+    audit_ok(svc, "EnrolSite", description[:200] + cap, site=name)
     event(log, "site enrolled", site=name)
     svc.notifier.notify()
     return m.EnrolSiteReply(_site(site), token)

@@ -142,9 +142,14 @@ class RoundEngine:
         try:
             decoded = self._decode(updates, current)
             parent = self._state(current.input_version, config.embed_dim)
-            # A site's claimed sample count is its weight: capped by the run (docs/design.md §6).
+            # A site's claimed sample count is its weight: capped by the run and by the count the operator
+            # recorded at enrolment (docs/design.md §6).
+            site_caps = {site.name: site.max_samples for site in store.list_sites()}
             site_updates = [
-                replace(decoded[u.id], num_samples=capped_samples(u.num_samples, config.max_samples_per_site))
+                replace(
+                    decoded[u.id],
+                    num_samples=capped_samples(u.num_samples, config.max_samples_per_site, site_caps.get(u.site)),
+                )
                 for u in updates
             ]
             # Each update passed validate_update with these shapes and bound when it was accepted.

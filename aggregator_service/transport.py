@@ -242,8 +242,12 @@ class AdminServicer(_Transport, admin_pb2_grpc.AdminServicer):
         with self._rpc("EnrolSite", context) as call:
             call.admin(request)
             call.site_name = request.site
-            enrol = serde.enrol_site_request_from_proto(request)
-            return serde.enrol_site_reply_to_proto(admin_handlers.enrol_site(self.svc, enrol.site, enrol.description))
+            try:
+                enrol = serde.enrol_site_request_from_proto(request)
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from exc
+            reply = admin_handlers.enrol_site(self.svc, enrol.site, enrol.description, enrol.max_samples)
+            return serde.enrol_site_reply_to_proto(reply)
 
     def ListSites(  # noqa: N802 - gRPC method name
         self, request: admin_pb2.ListSitesRequest, context: grpc.ServicerContext

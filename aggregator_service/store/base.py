@@ -40,6 +40,7 @@ class SiteRecord:
     last_seen: datetime | None = None
     software_version: str = ""
     site_info: Mapping[str, str] = field(default_factory=dict)
+    max_samples: int | None = None  # the operator's cap on the site's aggregation weight
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,9 @@ class Store(abc.ABC):
 
     # --- sites -----------------------------------------------------------------------------------------
     @abc.abstractmethod
-    def add_site(self, name: str, description: str, token_hash: str, now: datetime) -> SiteRecord:
+    def add_site(
+        self, name: str, description: str, token_hash: str, now: datetime, max_samples: int | None = None
+    ) -> SiteRecord:
         """Raises ``AlreadyExists`` if the name is taken (revoked sites keep their names)."""
 
     @abc.abstractmethod

@@ -78,6 +78,7 @@ class SiteRow(Base):
     last_seen: Mapped[datetime | None]
     software_version: Mapped[str] = mapped_column(String(64), default="")
     site_info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    max_samples: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class RunRow(Base):

@@ -83,7 +83,9 @@ class SqlStore(Store):
             yield session
 
     # --- sites -----------------------------------------------------------------------------------------
-    def add_site(self, name: str, description: str, token_hash: str, now: datetime) -> SiteRecord:
+    def add_site(
+        self, name: str, description: str, token_hash: str, now: datetime, max_samples: int | None = None
+    ) -> SiteRecord:
         try:
             with self._write() as session:
                 if session.scalar(select(SiteRow.id).where(SiteRow.name == name)) is not None:
@@ -96,6 +98,7 @@ class SqlStore(Store):
                     enrolled_at=now,
                     software_version="",
                     site_info={},
+                    max_samples=max_samples,
                 )
                 session.add(row)
                 session.flush()
@@ -556,6 +559,7 @@ def _site(row: SiteRow) -> SiteRecord:
         last_seen=row.last_seen,
         software_version=row.software_version,
         site_info={str(k): str(v) for k, v in (row.site_info or {}).items()},
+        max_samples=row.max_samples,
     )
 
 

@@ -282,6 +282,7 @@ class Site:
 class EnrolSiteRequest:
     site: str
     description: str = ""
+    max_samples: int | None = None  # cap on the site's aggregation weight; None: only the run's cap
 
 
 @dataclass(frozen=True)

@@ -840,11 +840,17 @@ def site_from_proto(message: admin_pb.Site) -> m.Site:
 
 
 def enrol_site_request_to_proto(request: m.EnrolSiteRequest) -> admin_pb.EnrolSiteRequest:
-    return admin_pb.EnrolSiteRequest(site=request.site, description=request.description)
+    message = admin_pb.EnrolSiteRequest(site=request.site, description=request.description)
+    if request.max_samples is not None:
+        message.max_samples = request.max_samples
+    return message
 
 
 def enrol_site_request_from_proto(message: admin_pb.EnrolSiteRequest) -> m.EnrolSiteRequest:
-    return m.EnrolSiteRequest(message.site, message.description)
+    max_samples = message.max_samples if message.HasField("max_samples") else None
+    if max_samples is not None and max_samples < 1:
+        raise ValueError("max_samples must be >= 1 when given")
+    return m.EnrolSiteRequest(message.site, message.description, max_samples)
 
 
 def enrol_site_reply_to_proto(reply: m.EnrolSiteReply) -> admin_pb.EnrolSiteResponse:

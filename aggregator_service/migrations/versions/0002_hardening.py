@@ -1,4 +1,4 @@
-"""Hardening: audit rows count the refusals they stand for (refusals are written per peer, reason and window).
+"""Hardening: a site's enrolled sample cap; audit rows count the refusals they stand for (refusals are written per peer, reason and window).
 
 Revision ID: 0002_hardening
 Revises: 0001
@@ -17,10 +17,14 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("sites") as batch:
+        batch.add_column(sa.Column("max_samples", sa.BigInteger(), nullable=True))
     with op.batch_alter_table("audit_log") as batch:
         batch.add_column(sa.Column("count", sa.Integer(), server_default="1", nullable=False))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("sites") as batch:
+        batch.drop_column("max_samples")
     with op.batch_alter_table("audit_log") as batch:
         batch.drop_column("count")

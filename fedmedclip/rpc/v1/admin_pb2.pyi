@@ -231,12 +231,14 @@ class ExportVersionRequest(_message.Message):
     def __init__(self, version: _Optional[int] = ...) -> None: ...
 
 class EnrolSiteRequest(_message.Message):
-    __slots__ = ("site", "description")
+    __slots__ = ("site", "description", "max_samples")
     SITE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     site: str
     description: str
-    def __init__(self, site: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+    max_samples: int
+    def __init__(self, site: _Optional[str] = ..., description: _Optional[str] = ..., max_samples: _Optional[int] = ...) -> None: ...
 
 class EnrolSiteResponse(_message.Message):
     __slots__ = ("site", "token")
