@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -85,7 +85,7 @@ class IdleWatch:
     def stop(self) -> None:
         self._stopped.set()
 
-    def watch(self, items: Iterator[_T], cancel: Callable[[], object]) -> Iterator[_T]:
+    def watch(self, items: Iterator[_T], cancel: Callable[[], object]) -> Generator[_T, None, None]:
         """``items`` unchanged, with ``cancel`` called if no item arrives (or is taken) for the idle timeout."""
         with self._lock:
             key = self._next_id

@@ -150,7 +150,7 @@ def declared_parts_bytes(header: Mapping[str, Any]) -> int | None:
         names.add(entry.get("name"))
         for part in parts.values():
             length = part.get("length") if isinstance(part, dict) else None
-            if not _is_positive_int(length) and length != 0:
+            if not isinstance(length, int) or isinstance(length, bool) or length < 0:
                 return None
             total += length
     return total

@@ -44,7 +44,7 @@ def test_4000_unauthenticated_calls_leave_a_few_counted_rows_and_another_sites_h
         threads = [threading.Thread(target=flood) for _ in range(THREADS)]
         for thread in threads:
             thread.start()
-        latencies = []
+        latencies: list[float] = []
         while any(t.is_alive() for t in threads) or len(latencies) < 200:
             t0 = time.perf_counter()
             honest.heartbeat(run_id, 1)

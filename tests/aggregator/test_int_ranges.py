@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from aggregator_service.server import RunningServer
@@ -45,7 +45,7 @@ _32_BIT = {
 }
 
 
-def numeric_paths(descriptor: Descriptor, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+def numeric_paths(descriptor: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
     """``(path, field)`` of every singular numeric field reachable from ``descriptor``."""
     for field in descriptor.fields:
         path = (*prefix, field.name)

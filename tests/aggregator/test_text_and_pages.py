@@ -73,7 +73,12 @@ def test_list_versions_pages_and_a_forged_token_is_invalid(
     for round_number in (1, 2):
         base = site.poll(run_id).train.fam_version
         assert site.submit(run_id, round_number, base, make_update(round_number)).accepted
-        admin.wait_for(lambda s, r=round_number: s.rounds[r - 1].state == admin_pb2.ROUND_STATE_CLOSED, run_id)
+        closed = round_number  # one round closed per pass
+
+        def round_closed(status: admin_pb2.RunStatus, number: int = closed) -> bool:
+            return bool(status.rounds[number - 1].state == admin_pb2.ROUND_STATE_CLOSED)
+
+        admin.wait_for(round_closed, run_id)
     every = [v.version for v in admin.versions(run_id)]
     assert len(every) == 3
     monkeypatch.setattr(admin_handlers, "VERSIONS_PAGE", (1, 1))

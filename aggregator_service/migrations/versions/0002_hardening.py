@@ -1,4 +1,4 @@
-"""Hardening: a site's enrolled sample cap; audit rows count the refusals they stand for (refusals are written per peer, reason and window).
+"""Hardening: a site's enrolled sample cap; audit rows count the refusals they stand for.
 
 Revision ID: 0002_hardening
 Revises: 0001
