@@ -274,7 +274,7 @@ def submit_update(svc: Services, site: SiteRecord, header: UpdateHeader, chunks:
 def heartbeat(svc: Services, site: SiteRecord, request: HeartbeatRequest) -> HeartbeatReply:
     run_id, round_number = request.run_id, request.round
     now = svc.clock()
-    svc.store.touch_site(site.id, now)
+    _touch(svc, site)  # last_seen at most every touch_interval_s: a heartbeat is not a database write
     abandon = False
     if run_id and round_number > 0:
         run = svc.store.get_run(run_id)

@@ -77,6 +77,7 @@ class IdleWatch:
         self._check_every_s = check_every_s or min(max(idle_timeout_s / 5, 0.05), 1.0)
         self._lock = threading.Lock()
         self._streams: dict[int, tuple[float, Callable[[], object]]] = {}
+        self._cancelled: set[int] = set()
         self._next_id = 0
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="idle-stream-watch", daemon=True)
@@ -85,21 +86,38 @@ class IdleWatch:
     def stop(self) -> None:
         self._stopped.set()
 
-    def watch(self, items: Iterator[_T], cancel: Callable[[], object]) -> Generator[_T, None, None]:
-        """``items`` unchanged, with ``cancel`` called if no item arrives (or is taken) for the idle timeout."""
+    def watch(
+        self, items: Iterator[_T], cancel: Callable[[], object], client_sends: bool = True
+    ) -> Generator[_T, None, None]:
+        """``items`` unchanged, with ``cancel`` called if the client keeps it waiting for the idle timeout.
+
+        ``client_sends``: the client produces ``items`` (an upload), so the clock runs while the next item is
+        awaited; otherwise the client receives them (a download) and it runs while an item is being taken.
+        Time the server itself spends (checking a header, reading the database) never counts.
+        """
         with self._lock:
             key = self._next_id
             self._next_id += 1
-            self._streams[key] = (time.monotonic(), cancel)
+        iterator = iter(items)
         try:
-            for item in items:
-                with self._lock:
-                    self._streams[key] = (time.monotonic(), cancel)
+            while True:
+                self._mark(key, cancel, running=client_sends)
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+                self._mark(key, cancel, running=not client_sends)
                 yield item
-                with self._lock:
-                    self._streams[key] = (time.monotonic(), cancel)
         finally:
             with self._lock:
+                self._streams.pop(key, None)
+                self._cancelled.discard(key)
+
+    def _mark(self, key: int, cancel: Callable[[], object], *, running: bool) -> None:
+        with self._lock:
+            if running and key not in self._cancelled:  # a stream is cancelled once
+                self._streams[key] = (time.monotonic(), cancel)
+            else:
                 self._streams.pop(key, None)
 
     def _run(self) -> None:
@@ -108,5 +126,6 @@ class IdleWatch:
             with self._lock:
                 stale = [key for key, (moved, _) in self._streams.items() if moved < cutoff]
                 cancels = [self._streams.pop(key)[1] for key in stale]
+                self._cancelled.update(stale)
             for cancel in cancels:
                 cancel()

@@ -124,7 +124,7 @@ class _Transport:
 
     def _model_chunks(self, blob: ModelBlob, context: grpc.ServicerContext) -> Iterator[common_pb2.ModelChunk]:
         chunks = serde.model_chunks_to_proto(blob.header, blob.data, self.svc.limits.chunk_bytes)
-        yield from self.svc.idle_watch.watch(chunks, context.cancel)
+        yield from self.svc.idle_watch.watch(chunks, context.cancel, client_sends=False)
         self.svc.metrics.model_bytes.inc(len(blob.data))
 
 

@@ -89,6 +89,7 @@ def test_80_stalled_uploads_from_one_site_neither_stall_another_site_nor_outlive
         finally:
             release.set()
 
+    print(f"honest heartbeat p99 {p99_ms(latencies):.1f} ms over {len(latencies)} calls")
     assert p99_ms(latencies) < 100, f"honest heartbeat p99 {p99_ms(latencies):.1f} ms"
     # One stream held the site's upload slot; the 79 others were refused at once with the retry hint.
     assert codes == {"RESOURCE_EXHAUSTED": 79, "CANCELLED": 1}, codes
@@ -154,3 +155,39 @@ def rpc_code(future: Any) -> str:
     except grpc.RpcError as error:
         return str(error.code().name)
     return "OK"
+
+
+def test_idle_watch_counts_only_time_the_client_keeps_the_server_waiting() -> None:
+    from aggregator_service.site_limits import IdleWatch
+
+    watch = IdleWatch(0.3, check_every_s=0.05)
+    try:
+        cancelled: list[str] = []
+
+        def slow_client() -> Iterator[int]:
+            yield 1
+            time.sleep(0.6)  # the client sends nothing for twice the timeout
+            yield 2
+
+        for _ in watch.watch(slow_client(), lambda: cancelled.append("upload")):
+            pass
+        assert cancelled == ["upload"]
+
+        cancelled.clear()
+        for _ in watch.watch(iter([1, 2]), lambda: cancelled.append("server busy")):
+            time.sleep(0.6)  # the server (the consumer of an upload) is slow: not the client's fault
+        assert cancelled == []
+
+        def server_side() -> Iterator[int]:
+            yield 1
+            time.sleep(0.6)  # the server takes long to produce the next chunk of a download
+            yield 2
+
+        for _ in watch.watch(server_side(), lambda: cancelled.append("download"), client_sends=False):
+            pass
+        assert cancelled == []
+        for _ in watch.watch(iter([1, 2]), lambda: cancelled.append("slow reader"), client_sends=False):
+            time.sleep(0.6)  # the client does not take the chunk (gRPC's send blocks in the yield)
+        assert cancelled == ["slow reader"]
+    finally:
+        watch.stop()
