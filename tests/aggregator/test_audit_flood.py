@@ -28,12 +28,13 @@ import sys, threading, grpc
 from fedmedclip.rpc.v1 import federation_pb2, federation_pb2_grpc
 address, per_thread, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 codes = []
+forged = (("authorization", "Bearer forged"),)
 def flood():
     with grpc.insecure_channel(address) as channel:  # a connection (and port) of its own per thread
         stub = federation_pb2_grpc.FederationStub(channel)
         for _ in range(per_thread):
             try:
-                stub.Heartbeat(federation_pb2.HeartbeatRequest(), metadata=(("authorization", "Bearer forged"),), timeout=10)
+                stub.Heartbeat(federation_pb2.HeartbeatRequest(), metadata=forged, timeout=10)
             except grpc.RpcError as error:
                 codes.append(error.code().name)
 workers = [threading.Thread(target=flood) for _ in range(threads)]
