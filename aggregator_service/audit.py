@@ -44,9 +44,11 @@ def record_refusal(
     round_number: int | None = None,
     site: str | None = None,
 ) -> None:
-    """Count a refused request for the audit log (and say so in the service log at DEBUG level: a flood
-    must not become a flood of log lines either; the counts reach the log at each flush)."""
-    event(log, "request refused", logging.DEBUG, action=action, actor=actor, code=error.code, detail=error.message)
+    """Count a refused request for the audit log, and log it: at WARNING for a known caller (an enrolled
+    site, attributable and revocable), at DEBUG for an anonymous one, whose flood must not become a flood of
+    log lines (its counts reach the log at each flush)."""
+    level = logging.DEBUG if actor.startswith("anonymous ") else logging.WARNING
+    event(log, "request refused", level, action=action, actor=actor, code=error.code, detail=error.message, site=site)
     key = RefusalKey(peer_host(actor)[:200], action, error.code, run_id, round_number, site)
     svc.refusals.add(key, svc.clock(), error.message[:2000])
 
