@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test lint format proto proto-check demo e2e-compose postgres bench bench-gpu bench-p4 bench-p5 clean
+.PHONY: install test test-heavy lint format proto proto-check demo e2e-compose postgres bench bench-gpu bench-p4 bench-p5 clean
 
 # (Re)install when pyproject.toml changes. pip resolves torch/torchvision/open_clip (DESIGN.md §10).
 $(STAMP): pyproject.toml
@@ -18,7 +18,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not heavy" $(PYTEST_ARGS)
+
+# The minutes-long checks `make test` leaves out (full-size backbones, Ray, failover); CI runs them too.
+test-heavy: $(STAMP)
+	$(PY) -m pytest -m heavy $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

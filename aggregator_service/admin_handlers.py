@@ -242,6 +242,7 @@ def _round_status(
         output_version=record.output_version or 0,
         participants=participants,
         metrics=metrics,
+        message=record.message,
     )
 
 

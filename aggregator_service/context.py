@@ -14,6 +14,7 @@ import torch
 from aggregator_service.metrics import Metrics
 from aggregator_service.notifier import Notifier
 from aggregator_service.refusals import RefusalCounter
+from aggregator_service.secure_rounds import SecureRegistry
 from aggregator_service.site_limits import IdleWatch, SiteSlots
 from aggregator_service.store.base import Store
 from fedmedclip.federation.aggregate import SiteUpdate
@@ -149,6 +150,7 @@ class Services:
     clock: Callable[[], datetime] = utc_now
     pending: PendingUpdates = field(default_factory=PendingUpdates)
     models: FamCache = field(default_factory=FamCache)
+    secure: SecureRegistry = field(default_factory=SecureRegistry)  # secure rounds' key phases, memory only
     long_polls: Slots = field(init=False)
     site_slots: SiteSlots = field(init=False)
     refusals: RefusalCounter = field(init=False)

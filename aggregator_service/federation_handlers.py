@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 
+from aggregator_service import secure_handlers
 from aggregator_service.context import Services
 from aggregator_service.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from aggregator_service.logs import event
@@ -126,6 +127,9 @@ def _next_task(svc: Services, site: SiteRecord, run_id: str) -> SiteTask | None:
     current = svc.store.current_round(run.id)
     if current is None or current.state != RoundState.OPEN:
         return None
+    config = RunConfig.from_dict(run.config)
+    if config.secure_aggregation.enabled:
+        return secure_handlers.next_task(svc, site, config, current)
     if svc.store.site_update(current.id, site.id) is not None:
         return None  # already submitted: wait for the next round
     return TrainTask(current.number, current.input_version, current.deadline)
@@ -183,6 +187,8 @@ def check_update_header(
         return config, target, existing  # an idempotent resubmission: acknowledged once the bytes are read
     if run.state != RunState.RUNNING:
         raise FailedPrecondition(f"run {run.id} is {run.state.value.lower()}: it accepts no updates")
+    if config.secure_aggregation.enabled:
+        raise FailedPrecondition(f"run {run.id} uses secure aggregation: updates go through the secure phases")
     if target.state != RoundState.OPEN:
         raise FailedPrecondition(f"round {target.number} is {target.state.value.lower()}: it accepts no updates")
     if header.base_version != target.input_version:

@@ -18,6 +18,7 @@ from typing import Literal
 
 import torch
 
+from aggregator_service import secure_rounds
 from aggregator_service.context import Services
 from aggregator_service.errors import FailedPrecondition
 from aggregator_service.logs import event
@@ -82,6 +83,9 @@ class RoundEngine:
         if run is None or current is None:
             return
         config = RunConfig.from_dict(run.config)
+        if config.secure_aggregation.enabled:  # never resumed with half the key material
+            secure_rounds.abandon_after_restart(self.svc, run, config, current)
+            return
         updates = self.svc.store.list_updates(current.id)
         if current.state == RoundState.OPEN:
             for update_id, site_update in self._decode(updates, current).items():
@@ -107,6 +111,8 @@ class RoundEngine:
         if run is None or current is None:
             return IDLE_CHECK_S
         config = RunConfig.from_dict(run.config)
+        if config.secure_aggregation.enabled:
+            return secure_rounds.step(self.svc, run, config, current)
         if current.state == RoundState.AGGREGATING:  # left so by a crash, or by a failed commit: finish it
             self._close(run, config, current)
             return 0.0

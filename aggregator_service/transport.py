@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from aggregator_service import admin_handlers, federation_handlers
+from aggregator_service import admin_handlers, federation_handlers, secure_handlers
 from aggregator_service.audit import ADMIN, record_refusal
 from aggregator_service.auth import authenticate_admin, authenticate_site, bearer_token
 from aggregator_service.context import Services
@@ -182,6 +182,54 @@ class FederationServicer(_Transport, federation_pb2_grpc.FederationServicer):
             reply = federation_handlers.heartbeat(self.svc, site, serde.heartbeat_request_from_proto(request))
             return serde.heartbeat_reply_to_proto(reply)
 
+    # --- secure rounds (docs/design.md §4.6) ---------------------------------------------------------------
+
+    def AdvertiseKeys(  # noqa: N802 - gRPC method name
+        self, request: federation_pb2.AdvertiseKeysRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.SecurePhaseResponse:
+        with self._rpc("AdvertiseKeys", context) as call:
+            site = call.site(request)
+            call.run_id, call.round = request.run_id, request.round
+            reply = secure_handlers.advertise_keys(self.svc, site, serde.advertise_keys_request_from_proto(request))
+            return serde.secure_reply_to_proto(reply)
+
+    def ShareKeys(  # noqa: N802 - gRPC method name
+        self, request: federation_pb2.ShareKeysRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.SecurePhaseResponse:
+        with self._rpc("ShareKeys", context) as call:
+            site = call.site(request)
+            call.run_id, call.round = request.run_id, request.round
+            reply = secure_handlers.share_keys(self.svc, site, serde.share_keys_request_from_proto(request))
+            return serde.secure_reply_to_proto(reply)
+
+    def SubmitMaskedInput(  # noqa: N802 - gRPC method name
+        self, request_iterator: Iterator[federation_pb2.MaskedInputChunk], context: grpc.ServicerContext
+    ) -> federation_pb2.SecurePhaseResponse:
+        with self._rpc("SubmitMaskedInput", context) as call:
+            site = call.site(stream=UPLOAD)
+            messages = self.svc.idle_watch.watch(request_iterator, context.cancel)
+            call.slots.callback(messages.close)  # stop watching once the call is over, however it ends
+            message = next(messages, federation_pb2.MaskedInputChunk())
+            call.check(message)
+            first = serde.masked_input_chunk_from_proto(message)
+            if not isinstance(first, m.MaskedInputHeader):
+                raise InvalidArgument("the first message of a masked input must be its header")
+            call.run_id, call.round = first.run_id, first.round
+            reply = secure_handlers.submit_masked_input(self.svc, site, first, _masked_chunks(messages))
+            return serde.secure_reply_to_proto(reply)
+
+    def Unmask(  # noqa: N802 - gRPC method name
+        self, request: federation_pb2.UnmaskRequest, context: grpc.ServicerContext
+    ) -> federation_pb2.SecurePhaseResponse:
+        with self._rpc("Unmask", context) as call:
+            site = call.site(request)
+            call.run_id, call.round = request.run_id, request.round
+            try:
+                unmask = serde.unmask_request_from_proto(request)
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from exc
+            return serde.secure_reply_to_proto(secure_handlers.unmask(self.svc, site, unmask))
+
 
 class AdminServicer(_Transport, admin_pb2_grpc.AdminServicer):
     def StartRun(  # noqa: N802 - gRPC method name
@@ -273,6 +321,14 @@ def _data_chunks(messages: Iterator[federation_pb2.UpdateChunk]) -> Iterator[byt
         if serde.update_chunk_kind(message) != "data":
             raise InvalidArgument("an upload has exactly one header, as its first message")
         yield serde.update_chunk_data(message)
+
+
+def _masked_chunks(messages: Iterator[federation_pb2.MaskedInputChunk]) -> Iterator[bytes]:
+    for message in messages:
+        chunk = serde.masked_input_chunk_from_proto(message)
+        if not isinstance(chunk, bytes):
+            raise InvalidArgument("a masked input has exactly one header, as its first message")
+        yield chunk
 
 
 # --- the server -----------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 OURS = ("p2_compute.py", "p1_upload.py", "p3_embed.py")  # P2 first: it fills the cache P1 then reuses
-EXTERNAL = ("p4_predict.py", "p5_round_close.py")
+EXTERNAL = ("p4_predict.py", "p5_round_close.py", "p8_secagg.py")
 QUICK_FLAGS = ("--quick", "--small")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

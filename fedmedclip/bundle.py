@@ -47,6 +47,7 @@ from fedmedclip.model.fam import FAM_TENSOR_NAMES, fam_shapes
 from fedmedclip.model.head import DEFAULT_HIDDEN, build_head
 from fedmedclip.model.personalised import PersonalisedClassifier
 from fedmedclip.model.prompts import render_prompts
+from fedmedclip.training.calibration import Calibration
 
 FORMAT = "fedmedclip-bundle"
 FORMAT_VERSION = 1
@@ -101,10 +102,15 @@ class Bundle:
     metrics: dict[str, float] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)  # file name → sha256, as in the manifest
     path: Path | None = None
+    calibration: Calibration | None = None  # None: an older bundle, or too little validation data to fit
 
     @property
     def has_head(self) -> bool:
         return self.head_state is not None
+
+    @property
+    def temperature(self) -> float:
+        return self.calibration.temperature if self.calibration is not None else 1.0
 
     def classifier(self, device: torch.device | str = "cpu") -> PersonalisedClassifier:
         """The site's ensemble classifier ready for ``predict(raw CLIP embeddings)``."""
@@ -115,6 +121,7 @@ class Bundle:
             self.backbone.logit_scale,
             self.head_state,
             head_hidden=self.head_hidden,
+            temperature=self.temperature,
         ).to(device)
 
 
@@ -145,6 +152,18 @@ class _HeadModel(_FileModel):
     hidden: int
 
 
+class _CalibrationModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    method: str
+    temperature: float
+    samples: int
+    split: str
+    ece_before: float
+    ece_after: float
+    nll_before: float
+    nll_after: float
+
+
 class _ManifestModel(BaseModel):
     # Unknown keys are ignored so that a newer writer with the same FORMAT_VERSION stays readable.
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -160,6 +179,7 @@ class _ManifestModel(BaseModel):
     head: _HeadModel | None
     prototypes: _FileModel
     metrics: dict[str, float]
+    calibration: _CalibrationModel | None = None  # absent in bundles written before calibration existed
 
 
 # --- names and the pointer file ----------------------------------------------------------------------------
@@ -264,14 +284,17 @@ def write_bundle(
     metrics: Mapping[str, float] | None = None,
     version: str | None = None,
     make_current: bool = True,
+    calibration: Calibration | None = None,
 ) -> Bundle:
     """Publish a new bundle version for ``site`` and (by default) make it ``current``; return it verified.
 
     The agent calls this after each round with the global FAM it trained from (``fam_version`` as the
     aggregator numbers it), its private head (``None`` for a site without one: zero-shot only), its class
     list, prompt templates and text prototypes. ``version`` defaults to :func:`default_version`. Versions are
-    immutable: an existing name raises ``BundleError``. Invalid inputs raise ``ValueError`` before anything
-    touches the disk; the new folder is read back and verified before ``current`` is switched.
+    immutable: an existing name raises ``BundleError``. ``calibration`` (the temperature fitted on the site's
+    validation split, with ECE before and after) goes into the manifest; the API applies it. Invalid inputs
+    raise ``ValueError`` before anything touches the disk; the new folder is read back and verified before
+    ``current`` is switched.
     """
     record = BackboneRecord.of(backbone) if isinstance(backbone, Backbone) else backbone
     check_name("site", site)
@@ -322,6 +345,7 @@ def write_bundle(
             "head": {"sha256": digests[HEAD_FILE], "hidden": head_hidden} if head is not None else None,
             "prototypes": {"sha256": digests[PROTOTYPES_FILE]},
             "metrics": manifest_metrics,
+            "calibration": calibration.to_dict() if calibration is not None else None,
         }
         _write_file(staging / MANIFEST_FILE, json.dumps(manifest, indent=2, allow_nan=False).encode())
         fsync_dir(staging)
@@ -398,6 +422,12 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
         spec.embed_dim,
         spec.logit_scale,
     )
+    calibration = None
+    if manifest.calibration is not None:
+        try:
+            calibration = Calibration(**manifest.calibration.model_dump())
+        except ValueError as error:
+            raise BundleError(folder, f"{MANIFEST_FILE} calibration is invalid: {error}") from error
     digests = {FAM_FILE: manifest.fam.sha256, PROTOTYPES_FILE: manifest.prototypes.sha256}
     if manifest.head is not None:
         digests[HEAD_FILE] = manifest.head.sha256
@@ -416,6 +446,7 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
         metrics=dict(manifest.metrics),
         digests=digests,
         path=folder,
+        calibration=calibration,
     )
 
 

@@ -81,7 +81,9 @@ def demo(
     weights: Annotated[str, typer.Option(help="Pretrained tag, weights file/dir, or 'random'.")] = "openai",
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 3,
     sites: Annotated[int, typer.Option(min=1, max=8, help="Synthetic hospital sites (one agent process each).")] = 3,
-    images_per_site: Annotated[int, typer.Option(min=20, help="Synthetic images per site.")] = 90,
+    images_per_site: Annotated[
+        int, typer.Option(min=20, help="Synthetic images per site (20% of them are the held-out test images).")
+    ] = 400,
     image_size: Annotated[int, typer.Option(min=32, help="Synthetic image side in pixels.")] = 96,
     timeout: Annotated[float, typer.Option(min=10, help="Seconds the run may take before the demo gives up.")] = 900,
 ) -> None:
@@ -111,7 +113,17 @@ def demo(
         raise typer.Exit(1) from None
     weights_note = report.backbone["weights"] + ("" if report.backbone["pretrained"] else " (random init)")
     table = Table(title=f"FedMedCLIP demo: {model} {weights_note}, {rounds} rounds, held-out images via REST")
-    for column in ("site", "images", "classes", "zero-shot acc", "head acc", "ensemble acc", "macro-F1", "mean α"):
+    for column in (
+        "site",
+        "images",
+        "classes",
+        "zero-shot acc",
+        "head acc",
+        "ensemble acc",
+        "macro-F1",
+        "ECE",
+        "mean α",
+    ):
         table.add_column(column)
     for name, score in report.sites.items():
         table.add_row(
@@ -122,13 +134,14 @@ def demo(
             f"{score.head_acc:.3f}",
             f"{score.ensemble_acc:.3f}",
             f"{score.macro_f1:.3f}",
+            f"{score.ece:.3f}",
             f"{score.mean_alpha:.2f}",
         )
     print_table(table)
     per_round = [max(r.values()) for r in report.upload_bytes_per_round if r]
     if per_round:
         say(f"upload per site per round: ≤ {max(per_round) / 1024:.1f} KiB")
-    say(f"wall time {report.wall_time_s:.0f} s; report: {out_dir / 'report.json'}")
+    say(f"wall time {report.wall_time_s:.0f} s; report: {out_dir / 'report.md'} (plots beside it)")
 
 
 def _register_experiment() -> None:
@@ -149,6 +162,18 @@ def _register_backbone() -> None:
 
 
 _register_backbone()
+
+
+def _register_simulate() -> None:
+    from fedmedclip.simulation.cli import simulate
+
+    app.command(
+        help="Simulate thousands of sites with the system's own training, codec and aggregation code, "
+        "vectorised per shard, locally or on Ray; writes results.json, results.md and plots (docs/simulation.md)."
+    )(simulate)
+
+
+_register_simulate()
 
 
 ENTRY_POINT_GROUP = "fedmedclip.cli"

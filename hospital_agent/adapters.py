@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from fedmedclip.atomic_files import write_atomic
 from fedmedclip.data.imagefolder import DatasetError, LabeledImages
 from fedmedclip.logs import event
 from hospital_agent.settings import ADAPTERS, DataSettings
@@ -56,7 +56,10 @@ def _isic2019(data: DataSettings) -> LabeledImages:
             f"ISIC 2019 data under {data.root} has no images for anatomical site {wanted!r} "
             f"(data.anatomical_site={data.anatomical_site!r}); sites with images: {known}"
         )
-    return found.sites[wanted]
+    site = found.sites[wanted]
+    # Images with no metadata row belong to no anatomical site, so to no hospital: say so rather than drop them.
+    unassigned = [(path, f"not assigned to any anatomical site: {reason}") for path, reason in found.unassigned]
+    return LabeledImages(classes=site.classes, records=site.records, skipped=[*site.skipped, *unassigned])
 
 
 def _dicom(data: DataSettings) -> LabeledImages:
@@ -96,7 +99,5 @@ def report_skipped(
         event(log, "more files skipped", logging.WARNING, site=site, stage=stage, count=len(skipped) - MAX_LOGGED_SKIPS)
     if state_dir is not None:
         state_dir.mkdir(parents=True, exist_ok=True)
-        target = state_dir / f"{stage}-{SKIPPED_FILE}"
-        temporary = target.with_name(f".{target.name}.tmp")
-        temporary.write_text(json.dumps([{"path": str(p), "reason": r} for p, r in skipped], indent=1))
-        os.replace(temporary, target)
+        listing = [{"path": str(path), "reason": reason} for path, reason in skipped]
+        write_atomic(state_dir / f"{stage}-{SKIPPED_FILE}", json.dumps(listing, indent=1).encode())

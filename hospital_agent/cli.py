@@ -1,10 +1,12 @@
-"""``fedmedclip agent run|embed|status`` (also ``python -m hospital_agent ...``).
+"""``fedmedclip agent run|embed|check|status`` (also ``python -m hospital_agent ...``).
 
 Exit codes: 0 clean stop (SIGTERM/SIGINT), 78 (EX_CONFIG) for anything the operator must fix — bad settings,
-no usable data, a refused token, a run this site cannot serve — so that systemd does not restart into the
-same error (``RestartPreventExitStatus=78``), 1 for anything else (systemd restarts the agent).
+no usable data, blocking data-check findings, a refused token, a run this site cannot serve — so that systemd
+does not restart into the same error (``RestartPreventExitStatus=78``), 1 for anything else (systemd restarts
+the agent).
 
-torch, open_clip and grpc are imported inside the commands: ``--help`` stays fast.
+torch, open_clip and grpc are imported inside the commands, and only after the settings are validated: a
+configuration mistake is reported in well under a second, and ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -39,8 +41,15 @@ app = typer.Typer(
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", envvar="FEDMEDCLIP_AGENT_CONFIG", help="YAML settings file.", show_default=False),
+    typer.Option(
+        "--config",
+        envvar="FEDMEDCLIP_AGENT_CONFIG",
+        help="YAML settings file (keys: docs/hospital_agent.md; environment: FEDMEDCLIP_AGENT_<KEY>).",
+        show_default=False,
+    ),
 ]
+# How long ``agent embed`` asks the aggregator for the run's backbone before giving up with the fix.
+EMBED_JOIN_BUDGET_S = 15.0
 
 
 def _fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
@@ -64,24 +73,50 @@ def _limit_threads(settings: AgentSettings) -> None:
         torch.set_num_threads(settings.torch_threads)
 
 
-@app.command()
+_RUN_HELP = (
+    "Run the agent until SIGTERM/SIGINT: join, train each round, submit updates, publish bundles.\n\n"
+    "Keys that matter: site, aggregator, token | token_file, tls.ca_file (or insecure_loopback towards a "
+    "loopback aggregator), data.adapter, data.root (data.manifest, data.classes, data.anatomical_site), "
+    "backbone.model / backbone.weights, state_dir, bundle_root, device. At start the site's data is "
+    "checked as `agent check` does; blocking problems (no usable image, labels that differ only in case, "
+    "one image under two labels...) refuse the start (exit 78) naming the files, and "
+    "<state_dir>/check-skipped.json lists every skipped file. Data layouts: docs/data.md."
+)
+
+
+@app.command(help=_RUN_HELP)
 def run(config: ConfigOption = None) -> None:
     """Run the agent until SIGTERM/SIGINT: join, train each round, submit updates, publish bundles."""
     import logging
 
     from fedmedclip.data.imagefolder import DatasetError
     from fedmedclip.logs import configure_logging, event
+    from hospital_agent.data_check import DataBlockedError, check_site_data, log_report
+    from hospital_agent.settings import ConfigError
+
+    settings = _settings(config)  # before torch, grpc and the data: a settings mistake shows at once
+    try:
+        settings.require_token()  # a missing token is known now; do not make it wait for the data check
+    except ConfigError as error:
+        raise _fail(str(error)) from None
+    configure_logging(settings.log_format, settings.log_level)
+    log = logging.getLogger("hospital_agent")
+    try:
+        report = check_site_data(settings, write_lists=True)
+        log_report(report)
+        if report.blocking:
+            raise DataBlockedError(report)
+    except (DatasetError, DataBlockedError) as error:
+        event(log, "agent cannot run", logging.ERROR, site=settings.site, reason=str(error))
+        raise _fail(str(error)) from None
+
     from fedmedclip.model.backbone import WeightsUnavailableError
     from hospital_agent.client import AggregatorError
     from hospital_agent.loop import AgentLoop
-    from hospital_agent.settings import ConfigError
     from hospital_agent.state import StateError
     from hospital_agent.trainer import IncompatibleRunError
 
-    settings = _settings(config)
-    configure_logging(settings.log_format, settings.log_level)
     _limit_threads(settings)
-    log = logging.getLogger("hospital_agent")
     stop = threading.Event()
 
     def on_signal(number: int, _frame: object) -> None:
@@ -103,21 +138,73 @@ def run(config: ConfigOption = None) -> None:
             signal.signal(number, handler)
 
 
-@app.command()
+_CHECK_HELP = (
+    "Dry run of the site's data: read every image exactly as training will, and report (no network, no "
+    "model).\n\n"
+    "Reports classes and images per class and split, skipped files grouped by reason, empty and small "
+    "classes, labels differing only in case/spacing/punctuation, duplicate files (and one image under two "
+    "labels), class imbalance, image sizes and modes, and DICOM transfer syntaxes with the package that "
+    "decodes the missing ones. Exit 0 when training can use the data, 78 on a blocking problem. Keys "
+    "used: site, data.adapter, data.root, data.manifest, data.path_column, data.label_column, "
+    "data.classes, data.anatomical_site, data.split_seed, embed_workers (decoding threads). Layouts, what "
+    "is ignored and a worked example: docs/data.md."
+)
+
+
+@app.command(help=_CHECK_HELP)
+def check(
+    config: ConfigOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the full report as JSON (every skipped file).")
+    ] = False,
+) -> None:
+    """Dry run of the site's data: read every image exactly as training will, and report (no network, no model)."""
+    from fedmedclip.data.check import render_text
+    from fedmedclip.data.imagefolder import DatasetError
+    from fedmedclip.logs import configure_logging
+    from hospital_agent.data_check import check_site_data
+
+    settings = _settings(config)
+    configure_logging(settings.log_format, "ERROR")  # the report is the output; it holds every skipped file
+    try:
+        report = check_site_data(settings)
+    except DatasetError as error:
+        if as_json:
+            typer.echo(json.dumps({"ok": False, "site": settings.site, "error": str(error)}, indent=2))
+        raise _fail(str(error)) from None
+    typer.echo(json.dumps(report.to_json(), indent=2) if as_json else render_text(report))
+    if report.blocking:
+        raise typer.Exit(EXIT_CONFIG)
+
+
+_EMBED_HELP = (
+    "Fill the embedding cache for the site's images (progress bar); later rounds train on cached "
+    "features.\n\n"
+    "Keys that matter: data.* (which images), backbone.model and backbone.weights (which CLIP; with them "
+    "no aggregator is needed), cache_dir or state_dir (where the cache lives), device, embed_batch_size, "
+    "embed_workers. Without a backbone: section the run's backbone is asked from the aggregator (site, "
+    "aggregator, token); if it does not answer within 15 s the command stops and says to add one. Data: "
+    "docs/data.md."
+)
+
+
+@app.command(help=_EMBED_HELP)
 def embed(
     config: ConfigOption = None,
     device: Annotated[str | None, typer.Option(help="Override the configured device (cpu, cuda, cuda:N).")] = None,
 ) -> None:
     """Fill the embedding cache for the site's images (progress bar); later rounds train on cached features."""
+    settings = _settings(config)  # before torch: a settings mistake shows at once
+
     from fedmedclip.console import console, progress_bar
     from fedmedclip.data.cache import EmbeddingCache, embed_images
     from fedmedclip.data.imagefolder import DatasetError
     from fedmedclip.logs import configure_logging
     from fedmedclip.model.backbone import WeightsUnavailableError, load_backbone
     from hospital_agent.adapters import load_site_images, report_skipped
+    from hospital_agent.settings import ConfigError
     from hospital_agent.trainer import IncompatibleRunError, resolve_device
 
-    settings = _settings(config)
     configure_logging(settings.log_format, "WARNING")  # the progress bar is the output; warnings still show
     _limit_threads(settings)
     try:
@@ -125,7 +212,7 @@ def embed(
         report_skipped(images.skipped, settings.site, settings.state_dir, "scan")
         spec = _embed_spec(settings)
         backbone = load_backbone(spec, resolve_device(device or settings.device))
-    except (DatasetError, WeightsUnavailableError, IncompatibleRunError, ValueError) as error:
+    except (DatasetError, WeightsUnavailableError, IncompatibleRunError, ConfigError, ValueError) as error:
         raise _fail(str(error)) from None
     started = time.perf_counter()
     with EmbeddingCache(settings.effective_cache_dir) as cache, progress_bar(f"embedding on {backbone.device}") as bar:
@@ -159,13 +246,29 @@ def _embed_spec(settings: AgentSettings) -> Any:
         local = settings.backbone
         weights = local.weights if local.weights is not None else "openai"  # the library default
         return BackboneSpec(local.model, weights, local.preprocess, local.seed)
+    from hospital_agent.client import AgentStopped
+
+    # One bounded attempt, not the service's retry-forever: a person is waiting at the terminal.
+    budget = EMBED_JOIN_BUDGET_S
+    quick = settings.model_copy(update={"rpc_timeout_s": min(settings.rpc_timeout_s, budget)})
     stop = threading.Event()
-    client = FederationClient(settings, settings.require_token(), stop)
+    timer = threading.Timer(budget, stop.set)
+    timer.start()
+    client = FederationClient(quick, settings.require_token(), stop)
     try:
         reply = client.join()
+    except AgentStopped:
+        raise ValueError(
+            f"no backbone: section in the config, and the aggregator {settings.aggregator} did not answer within "
+            f"{budget:.0f} s; add a backbone: section (model, weights) to embed without the aggregator"
+        ) from None
     except AggregatorError as error:
-        raise ValueError(f"no backbone: in the config, and asking the aggregator failed: {error}") from None
+        raise ValueError(
+            f"no backbone: section in the config, and asking the aggregator failed: {error}; add a backbone: "
+            "section (model, weights) to embed without the aggregator"
+        ) from None
     finally:
+        timer.cancel()
         client.close()
     if reply.run_config is None:
         raise ValueError("no backbone: in the config and no active run to take it from; add a backbone: section")
@@ -177,12 +280,16 @@ def status(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """What this site knows: run, round, FAM version, last metrics, bundle, cache size (no network)."""
+    """What this site knows: run, round, FAM version, last metrics, bundle, cache size (no network).
+
+    Keys used: site, aggregator, state_dir, bundle_root, cache_dir.
+    """
+    settings = _settings(config)  # before torch (the bundle and cache modules import it)
+
     from fedmedclip.bundle import current_version
     from fedmedclip.data.cache import CACHE_FILE
     from hospital_agent.state import StateError, StateStore
 
-    settings = _settings(config)
     try:
         saved = StateStore(settings.state_dir).summary() or {}
     except StateError as error:

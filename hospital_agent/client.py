@@ -147,6 +147,32 @@ class FederationClient:
 
         return serde.submit_reply_from_proto(self._retrying("SubmitUpdate", attempt))
 
+    # --- secure rounds (docs/design.md §4.6); each is idempotent: a resend is acknowledged as a duplicate ---
+
+    def advertise_keys(self, request: m.AdvertiseKeysRequest) -> m.SecurePhaseReply:
+        message = serde.advertise_keys_request_to_proto(request)
+        reply = self._retrying("AdvertiseKeys", lambda: self._unary(self._stub.AdvertiseKeys, message, self._timeout))
+        return serde.secure_reply_from_proto(reply)
+
+    def share_keys(self, request: m.ShareKeysRequest) -> m.SecurePhaseReply:
+        message = serde.share_keys_request_to_proto(request)
+        reply = self._retrying("ShareKeys", lambda: self._unary(self._stub.ShareKeys, message, self._timeout))
+        return serde.secure_reply_from_proto(reply)
+
+    def submit_masked_input(self, header: m.MaskedInputHeader, data: bytes) -> m.SecurePhaseReply:
+        def attempt() -> Any:
+            chunks = serde.masked_input_chunks_to_proto(header, data, self.settings.chunk_bytes)
+            return self._wait(
+                self._stub.SubmitMaskedInput.future(chunks, metadata=self._metadata, timeout=self._timeout)
+            )
+
+        return serde.secure_reply_from_proto(self._retrying("SubmitMaskedInput", attempt))
+
+    def unmask(self, request: m.UnmaskRequest) -> m.SecurePhaseReply:
+        message = serde.unmask_request_to_proto(request)
+        reply = self._retrying("Unmask", lambda: self._unary(self._stub.Unmask, message, self._timeout))
+        return serde.secure_reply_from_proto(reply)
+
     def heartbeat(self, run_id: str, activity: m.SiteActivity, round_number: int) -> m.HeartbeatReply:
         """One attempt, short deadline: a missed heartbeat is harmless and the next one comes soon."""
         request = serde.heartbeat_request_to_proto(m.HeartbeatRequest(run_id, activity, round_number))

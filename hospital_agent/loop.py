@@ -33,12 +33,14 @@ from hospital_agent.adapters import load_site_images, report_skipped
 from hospital_agent.client import AgentStopped, AggregatorError, FederationClient, Interceptor
 from hospital_agent.heartbeat import Heartbeat
 from hospital_agent.publish import publish_bundle
+from hospital_agent.secure_round import SecurePhases
 from hospital_agent.session import RunSession, prepare_session
 from hospital_agent.settings import AgentSettings, ConfigError
 from hospital_agent.state import AgentState, PendingUpdate, StateStore
 from hospital_agent.trainer import (
     compatible_head,
     evaluate,
+    fit_calibration,
     majority_rate,
     resolve_device,
     train_round,
@@ -71,6 +73,7 @@ class AgentLoop:
         self.heartbeat = Heartbeat(self.client, settings.heartbeat_s, self.stop)
         self.state = AgentState(site=self.site)
         self._session: RunSession | None = None
+        self.secure = SecurePhases(self)  # a secure round's secrets, in memory for that round only
 
     # --- the service ------------------------------------------------------------------------------------
 
@@ -147,8 +150,10 @@ class AgentLoop:
             elif isinstance(task, m.DoneTask):
                 self._finish(session, task)
                 return
-            else:
+            elif isinstance(task, m.TrainTask):
                 self._train(session, task)
+            else:  # a phase of a secure round (docs/design.md §4.6)
+                self.secure.handle(session, task)
 
     # --- per run ----------------------------------------------------------------------------------------
 
@@ -298,6 +303,16 @@ class AgentLoop:
             session.head_hidden,
         )
         metrics["majority_acc"] = majority_rate(labels)  # local only: the bar "above chance" means
+        calibration = fit_calibration(
+            features,
+            labels,
+            session.data.classes,
+            session.prototypes,
+            session.record.logit_scale,
+            state.fam,
+            state.head,
+            session.head_hidden,
+        )
         bundle = publish_bundle(
             self.settings.bundle_root,
             self.site,
@@ -312,6 +327,7 @@ class AgentLoop:
             metrics=metrics,
             keep=self.settings.keep_bundles,
             run_id=session.run_id,
+            calibration=calibration,
         )
         state.metrics, state.metrics_version, state.bundle_version = metrics, version, bundle.version
         self.store.save(state)

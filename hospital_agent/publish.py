@@ -14,6 +14,7 @@ import torch
 
 from fedmedclip.bundle import BackboneRecord, Bundle, prune_versions, write_bundle
 from fedmedclip.logs import event
+from fedmedclip.training.calibration import Calibration
 
 log = logging.getLogger("hospital_agent.publish")
 
@@ -33,8 +34,13 @@ def publish_bundle(
     metrics: Mapping[str, float],
     keep: int,
     run_id: str = "",
+    calibration: Calibration | None = None,
 ) -> Bundle:
-    """Write and switch to a new bundle version, then delete all but the newest ``keep`` versions."""
+    """Write and switch to a new bundle version, then delete all but the newest ``keep`` versions.
+
+    ``calibration`` is the temperature fitted on the site's validation split (``trainer.fit_calibration``);
+    the API serves calibrated probabilities with it, and the manifest records ECE before and after.
+    """
     bundle = write_bundle(
         root,
         site,
@@ -47,6 +53,7 @@ def publish_bundle(
         head_state=head,
         head_hidden=head_hidden,
         metrics=metrics,
+        calibration=calibration,
     )
     removed = prune_versions(root, site, keep)
     event(
@@ -57,6 +64,9 @@ def publish_bundle(
         version=fam_version,
         bundle=bundle.version,
         has_head=head is not None,
+        temperature=round(calibration.temperature, 4) if calibration else None,
+        val_ece=round(calibration.ece_before, 4) if calibration else None,
+        val_ece_calibrated=round(calibration.ece_after, 4) if calibration else None,
         pruned=len(removed) or None,
     )
     return bundle

@@ -15,7 +15,7 @@ import torch
 from fedmedclip.bundle import BackboneRecord
 from fedmedclip.data.cache import EmbeddingCache
 from fedmedclip.data.imagefolder import DatasetError, LabeledImages
-from fedmedclip.data.sites import SiteEmbeddings
+from fedmedclip.data.sites import NoUsableImagesError, SiteEmbeddings
 from fedmedclip.federation.run_config import RunConfig
 from fedmedclip.logs import event
 from fedmedclip.model.backbone import BackboneSpec, load_backbone
@@ -55,17 +55,21 @@ def prepare_session(
     event(log, "loading backbone", site=settings.site, run=run_id, backbone=spec.describe())
     backbone = load_backbone(spec, device)
     check_backbone(backbone, config)
-    with EmbeddingCache(settings.effective_cache_dir) as cache:
-        data = embed_site(
-            backbone,
-            images,
-            cache,
-            site=settings.site,
-            split_seed=settings.data.split_seed,
-            batch_size=settings.embed_batch_size,
-            num_workers=settings.embed_workers,
-            progress=progress,
-        )
+    try:
+        with EmbeddingCache(settings.effective_cache_dir) as cache:
+            data = embed_site(
+                backbone,
+                images,
+                cache,
+                site=settings.site,
+                split_seed=settings.data.split_seed,
+                batch_size=settings.embed_batch_size,
+                num_workers=settings.embed_workers,
+                progress=progress,
+            )
+    except NoUsableImagesError as error:  # the list must be written before the refusal, not lost with it
+        report_skipped(error.failed, settings.site, settings.state_dir, "embed")
+        raise
     report_skipped(data.skipped[len(images.skipped) :], settings.site, settings.state_dir, "embed")
     if len(data.split.train) < 2:
         raise DatasetError(f"site {settings.site} has {len(data.split.train)} usable training image(s); need >= 2")

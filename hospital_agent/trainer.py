@@ -27,6 +27,7 @@ from fedmedclip.model.backbone import Backbone, BackboneSpec
 from fedmedclip.model.head import build_head
 from fedmedclip.model.personalised import PersonalisedClassifier
 from fedmedclip.model.prompts import DEFAULT_TEMPLATES
+from fedmedclip.training.calibration import Calibration, fit_temperature
 from fedmedclip.training.local_round import train_local_round
 from fedmedclip.training.metrics import ensemble_report
 
@@ -165,6 +166,23 @@ def evaluate(
     return {name: float(report[name]) for name in REPORTED if name in report}
 
 
+def fit_calibration(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    classes: Sequence[str],
+    prototypes: torch.Tensor,
+    logit_scale: float,
+    fam: dict[str, torch.Tensor],
+    head: dict[str, torch.Tensor] | None,
+    head_hidden: int,
+) -> Calibration | None:
+    """The ensemble's temperature fitted on the validation split (``None``: too few images to fit one)."""
+    if labels.numel() == 0:
+        return None
+    classifier = PersonalisedClassifier(classes, fam, prototypes, logit_scale, head, head_hidden)
+    return fit_temperature(classifier.predict(features).probs, labels, split="val")
+
+
 def majority_rate(labels: torch.Tensor) -> float:
     """Accuracy of always predicting the split's most common class: the bar "above chance" means."""
     if labels.numel() == 0:
@@ -182,6 +200,7 @@ class RoundOutcome:
     report: dict[str, float]  # what goes into the update header: train losses and validation accuracies
     stats: CodecStats
     seconds: float
+    fam: dict[str, torch.Tensor] | None = None  # the local FAM after the round (secure rounds encode from it)
 
 
 def train_round(
@@ -238,4 +257,5 @@ def train_round(
         report=report,
         stats=encoded.stats,
         seconds=time.perf_counter() - started,
+        fam=local_fam,
     )

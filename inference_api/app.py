@@ -19,7 +19,7 @@ from inference_api.keys import KeyRing
 from inference_api.metrics import ApiMetrics
 from inference_api.middleware import BodySizeLimit, MetricsAndHeaders
 from inference_api.registry import ModelRegistry
-from inference_api.routes import ops, page, predict, sites
+from inference_api.routes import ops, page, predict, sites, v2
 from inference_api.routes.page import STATIC_DIR
 from inference_api.service import Services
 from inference_api.settings import ApiSettings
@@ -62,7 +62,7 @@ def create_app(settings: ApiSettings, *, backbone: Backbone | None = None) -> Fa
     app.state.services = None
     app.state.keyring = KeyRing(settings.api_keys) if settings.api_keys else None
     install_error_handlers(app)
-    for router in (predict.router, sites.router, ops.router, page.router):
+    for router in (predict.router, sites.router, v2.router, ops.router, page.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # Added last = outermost: the size limit applies before anything reads the body.

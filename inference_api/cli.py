@@ -3,6 +3,7 @@ that the umbrella CLI stays quick to start."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +25,14 @@ app = typer.Typer(
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one (the URL is printed).")] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Worker processes sharing the port; each loads the backbone once (its own copy in memory).",
+        ),
+    ] = 1,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -34,7 +43,7 @@ def serve(
 ) -> None:
     """Serve the API until SIGINT/SIGTERM (in-flight requests finish first)."""
     from fedmedclip.model.backbone import WeightsUnavailableError
-    from inference_api.server import prepare, run
+    from inference_api.server import CONFIG_FILE_ENV, prepare, run
     from inference_api.settings import ConfigError, load_settings
 
     try:
@@ -53,7 +62,9 @@ def serve(
         backbone = prepare(settings)
     except (WeightsUnavailableError, ValueError) as error:
         raise _fail(f"cannot load the backbone: {error}") from None
-    sys.exit(run(settings, host, port, backbone))
+    if config is not None:  # the worker processes read the same file
+        os.environ[CONFIG_FILE_ENV] = str(config.resolve())
+    sys.exit(run(settings, host, port, backbone, workers))
 
 
 def _fail(message: str) -> typer.Exit:

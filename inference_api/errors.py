@@ -25,6 +25,12 @@ class ErrorBody(BaseModel):
     message: str
 
 
+class OipErrorBody(BaseModel):
+    """The Open Inference Protocol's error body (under /v2)."""
+
+    error: str
+
+
 class ApiError(StarletteHTTPException):
     """Base of the API's own errors. A subclass of Starlette's, so it also passes through FastAPI's
     body-parsing wrapper (which turns any other exception into a generic 400)."""
@@ -51,6 +57,10 @@ class ForbiddenError(ApiError):
 
 class UnknownSiteError(ApiError):
     status, code = 404, "unknown_site"
+
+
+class UnknownVersionError(ApiError):
+    status, code = 404, "unknown_version"
 
 
 class NoBundleError(ApiError):
@@ -85,7 +95,16 @@ class BusyError(ApiError):
     status, code = 503, "busy"
 
 
-def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+# The Open Inference Protocol's error body is ``{"error": <text>}``: its clients (tritonclient, KServe's)
+# show that field to the user, so under /v2 it carries the message rather than the code.
+OIP_PREFIX = "/v2"
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None, *, path: str = ""
+) -> JSONResponse:
+    if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
     return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
 
 
@@ -94,11 +113,15 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]} for status in statuses}
 
 
+def oip_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": OipErrorBody, "description": _DESCRIPTIONS[status]} for status in statuses}
+
+
 _DESCRIPTIONS = {
     400: "Malformed request.",
     401: "Missing or invalid API key.",
     403: "The key may not use this site.",
-    404: "Unknown site.",
+    404: "Unknown site, or a model version that is not served.",
     409: "The site has no verified bundle yet.",
     413: "Request body or image count over the limit.",
     415: "Not multipart/form-data, or an image that is not PNG, JPEG or DICOM.",
@@ -109,14 +132,14 @@ _DESCRIPTIONS = {
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, exc.headers)
+    return error_response(exc.status, exc.code, exc.message, exc.headers, path=request.url.path)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
-    return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
+    return error_response(exc.status_code, code, message, getattr(exc, "headers", None), path=request.url.path)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -125,12 +148,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     for problem in exc.errors()[:5]:
         where = ".".join(str(p) for p in problem.get("loc", ()) if p != "body") or "request"
         parts.append(f"{where}: {problem.get('msg', 'invalid')}")
-    return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
+    return error_response(422, "invalid_request", "; ".join(parts) or "invalid request", path=request.url.path)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal", "internal server error")
+    return error_response(500, "internal", "internal server error", path=request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -35,7 +35,7 @@ class BodySizeLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            response = error_response(413, "payload_too_large", self._message(declared))
+            response = error_response(413, "payload_too_large", self._message(declared), path=scope.get("path", ""))
             await response(scope, receive, send)
             return
         total = 0

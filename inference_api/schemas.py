@@ -17,7 +17,9 @@ class Contributions(BaseModel):
 class ImagePrediction(BaseModel):
     filename: str | None
     predicted_class: str
-    probabilities: dict[str, float] = Field(description="Ensemble probability per class, p.")
+    probabilities: dict[str, float] = Field(
+        description="Ensemble probability per class, p; temperature-calibrated when the response says `calibrated`."
+    )
     zero_shot: dict[str, float] = Field(description="Zero-shot component p_F per class.")
     head: dict[str, float] | None = Field(description="Private-head component p_M per class; null without a head.")
     alpha: float = Field(description="Entropy weight α on the head.")
@@ -29,6 +31,8 @@ class PredictResponse(BaseModel):
     bundle_version: str = Field(description="The bundle version that answered.")
     fam_version: int
     classes: list[str]
+    calibrated: bool = Field(description="The probabilities are calibrated on the site's validation split.")
+    warning: str | None = Field(description='"Not for clinical use: …" when the model does not deserve trust.')
     predictions: list[ImagePrediction]
 
 
@@ -38,6 +42,11 @@ class SiteSummary(BaseModel):
     version: str | None = Field(description="The bundle version being served.")
     classes: list[str]
     has_head: bool
+    calibrated: bool = Field(description="The bundle carries a temperature fitted on the site's validation split.")
+    random_init_backbone: bool = Field(description="The frozen CLIP is randomly initialised, not pretrained.")
+    warning: str | None = Field(
+        description='"Not for clinical use: …" when the backbone is random-init or the bundle is uncalibrated.'
+    )
 
 
 class SitesResponse(BaseModel):
@@ -52,6 +61,9 @@ class SiteDetail(SiteSummary):
     prompts: list[str]
     metrics: dict[str, float] = Field(description="Metrics recorded in the manifest by the agent.")
     backbone: str | None
+    calibration: dict[str, float | int | str] | None = Field(
+        description="The fitted temperature and ECE before/after on validation, as in the manifest."
+    )
     last_error: str | None = Field(description="Why the newest version was refused, if it was.")
 
 

@@ -76,6 +76,12 @@ class ApiSettings(ServiceSettings):
     max_images: int = Field(16, ge=1, le=256, description="Most images in one predict request.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (width × height × frames).")
 
+    inline_decode_bytes: int = Field(
+        64 * 1024,
+        ge=0,
+        description="Requests whose uploads total at most this many bytes are decoded on the event loop: for "
+        "small images a thread hand-off costs more CPU than the decoding. 0: always decode in a thread.",
+    )
     max_batch: int = Field(32, ge=1, le=1024, description="Most images encoded together by the backbone.")
     batch_wait_ms: float = Field(
         50.0,

@@ -87,6 +87,16 @@ class UpdateRecord:
 
 
 @dataclass(frozen=True)
+class MaskedInputRecord:
+    """A stored masked vector of a secure round (uniform noise on its own; docs/design.md §6.4)."""
+
+    site: str
+    data: bytes
+    sha256: str
+    received_at: datetime
+
+
+@dataclass(frozen=True)
 class NewUpdate:
     round_id: int
     site_id: int
@@ -268,8 +278,28 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def abandon_round(self, round_id: int, reason: str, now: datetime, reopen_deadline: datetime | None) -> bool:
-        """OPEN → ABANDONED; with ``reopen_deadline`` a new round opens from the same input version."""
+    def abandon_round(
+        self,
+        round_id: int,
+        reason: str,
+        now: datetime,
+        reopen_deadline: datetime | None,
+        from_states: Sequence[RoundState] = (RoundState.OPEN,),
+    ) -> bool:
+        """OPEN (or one of ``from_states``) → ABANDONED; with ``reopen_deadline`` a new round opens from the
+        same input version. Deletes the round's masked inputs in the same transaction."""
+
+    # --- masked inputs of secure rounds (docs/design.md §6.4) ------------------------------------------
+    @abc.abstractmethod
+    def add_masked_input(self, round_id: int, site_id: int, data: bytes, sha256: str, now: datetime) -> bool:
+        """Store a site's masked vector while its round is OPEN; returns ``duplicate`` (same sha256 again).
+
+        ``AlreadyExists`` for different bytes in a filled slot, ``FailedPrecondition`` if the round is not OPEN.
+        ``commit_round`` and ``abandon_round`` delete the round's masked inputs in their transaction.
+        """
+
+    @abc.abstractmethod
+    def masked_inputs(self, round_id: int) -> list[MaskedInputRecord]: ...
 
     # --- updates ---------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -146,6 +146,22 @@ class UpdateRow(Base):
     received_at: Mapped[datetime]
 
 
+class MaskedInputRow(Base):
+    """A site's masked vector in a secure round (docs/design.md §5.1, §6.4): uniform noise on its own, kept only
+    until the round is unmasked and deleted in the transaction that commits (or abandons) the round."""
+
+    __tablename__ = "masked_inputs"
+    __table_args__ = (UniqueConstraint("round_id", "site_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"))
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime]
+
+
 class ContributionRow(Base):
     """Lineage: which accepted updates (and weights) went into a version; kept even if payloads are purged."""
 

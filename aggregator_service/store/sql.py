@@ -22,6 +22,7 @@ from aggregator_service.store.base import (
     AuditEntry,
     AuditRecord,
     Contribution,
+    MaskedInputRecord,
     NewUpdate,
     NewVersion,
     RoundRecord,
@@ -39,6 +40,7 @@ from aggregator_service.store.schema import (
     AuditRow,
     ContributionRow,
     FamVersionRow,
+    MaskedInputRow,
     RoundRow,
     RunRow,
     SiteRow,
@@ -239,6 +241,8 @@ class SqlStore(Store):
             run.active = None
             run.finished_at = now
             run.message = message
+            unfinished = select(RoundRow.id).where(RoundRow.run_id == run_id, RoundRow.state.in_(_UNFINISHED))
+            session.execute(delete(MaskedInputRow).where(MaskedInputRow.round_id.in_(unfinished)))
             session.execute(
                 update(RoundRow)
                 .where(RoundRow.run_id == run_id, RoundRow.state.in_(_UNFINISHED))
@@ -317,6 +321,8 @@ class SqlStore(Store):
                         for u in updates
                     ],
                 )
+            # Secure rounds: the masked inputs go with the commit that holds their sum (docs/design.md §6.4).
+            session.execute(delete(MaskedInputRow).where(MaskedInputRow.round_id == round_id))
             current.state = RoundState.CLOSED.value
             current.closed_at = now
             current.output_version = new.id
@@ -336,11 +342,19 @@ class SqlStore(Store):
             session.flush()
             return new.id, None if following is None else _round(following)
 
-    def abandon_round(self, round_id: int, reason: str, now: datetime, reopen_deadline: datetime | None) -> bool:
+    def abandon_round(
+        self,
+        round_id: int,
+        reason: str,
+        now: datetime,
+        reopen_deadline: datetime | None,
+        from_states: Sequence[RoundState] = (RoundState.OPEN,),
+    ) -> bool:
         with self._write() as session:
             current = session.scalar(select(RoundRow).where(RoundRow.id == round_id).with_for_update())
-            if current is None or current.state != RoundState.OPEN.value:
+            if current is None or current.state not in {state.value for state in from_states}:
                 return False
+            session.execute(delete(MaskedInputRow).where(MaskedInputRow.round_id == round_id))
             current.state = RoundState.ABANDONED.value
             current.closed_at = now
             current.message = reason
@@ -349,6 +363,40 @@ class SqlStore(Store):
                 session.add(following)
                 session.get_one(RunRow, current.run_id).current_round = following.number
             return True
+
+    # --- masked inputs ---------------------------------------------------------------------------------
+    def add_masked_input(self, round_id: int, site_id: int, data: bytes, sha256: str, now: datetime) -> bool:
+        with self._write() as session:
+            current = session.scalar(select(RoundRow).where(RoundRow.id == round_id).with_for_update())
+            if current is None:
+                raise NotFound(f"no round with id {round_id}")
+            existing = session.scalar(
+                select(MaskedInputRow.sha256).where(
+                    MaskedInputRow.round_id == round_id, MaskedInputRow.site_id == site_id
+                )
+            )
+            if existing is not None:
+                if existing == sha256:
+                    return True
+                raise AlreadyExists("this round already holds a different masked input from this site")
+            if current.state != RoundState.OPEN.value:
+                raise FailedPrecondition(f"round {current.number} is {current.state}: it accepts no masked input")
+            session.add(
+                MaskedInputRow(
+                    round_id=round_id, site_id=site_id, data=data, size_bytes=len(data), sha256=sha256, received_at=now
+                )
+            )
+            return False
+
+    def masked_inputs(self, round_id: int) -> list[MaskedInputRecord]:
+        with self._read() as session:
+            rows = session.execute(
+                select(SiteRow.name, MaskedInputRow.data, MaskedInputRow.sha256, MaskedInputRow.received_at)
+                .join(SiteRow, SiteRow.id == MaskedInputRow.site_id)
+                .where(MaskedInputRow.round_id == round_id)
+                .order_by(SiteRow.name)
+            ).all()
+            return [MaskedInputRecord(r.name, r.data, r.sha256, r.received_at) for r in rows]
 
     # --- updates ---------------------------------------------------------------------------------------
     def add_update(self, update: NewUpdate) -> tuple[UpdateRecord, bool]:

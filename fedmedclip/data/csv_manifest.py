@@ -1,20 +1,24 @@
 """The CSV manifest adapter: one row per image, ``path,label`` (and optionally a site column).
 
 Relative paths are resolved against ``root`` (default: the CSV's own folder), so a manifest can travel with
-its images. Like the ImageFolder adapter it only lists files: missing files and non-image suffixes are
-reported in ``skipped`` and left out, and the embedding pass reports files that do not decode. Defects of the
-manifest itself (missing columns, empty labels or paths) are errors that name the row, because a silently
-shortened label list would bias every number computed from it.
+its images. Rows may name images or DICOM files (a PACS export plus a label spreadsheet is a common layout).
+A file listed twice with different labels is left out with both lines named. Like the ImageFolder adapter
+it only lists files: missing files and other suffixes are reported in ``skipped`` and left out, and the
+embedding pass reports files that do not decode. Defects of the manifest itself (missing columns, empty
+labels or paths) are errors that name the row, because a silently shortened label list would bias every
+number computed from it.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedmedclip.data.dicom_folder import is_dicom_file
 from fedmedclip.data.imagefolder import DatasetError, ImageRecord, LabeledImages
 from fedmedclip.data.images import is_image_path
 
@@ -139,15 +143,24 @@ def _labeled(rows: Sequence[_Row], classes: list[str], manifest: Path, where: st
     records: list[ImageRecord] = []
     skipped: list[tuple[Path, str]] = []
     seen: set[Path] = set()
+    labels_of: dict[Path, list[_Row]] = defaultdict(list)
     for row in rows:
-        if row.label not in index:
+        labels_of[row.path].append(row)
+    for row in rows:
+        listings = labels_of[row.path]
+        if len({other.label for other in listings}) > 1:
+            # Which label is right is unknowable; training on either would be a silent guess.
+            both = ", ".join(f"{other.label!r} on line {other.line}" for other in listings)
+            skipped.append((row.path, f"line {row.line}: listed with different labels ({both})"))
+        elif row.label not in index:
             skipped.append((row.path, f"line {row.line}: label {row.label!r} is not in the class list"))
         elif row.path in seen:
             skipped.append((row.path, f"line {row.line}: listed twice"))
-        elif not is_image_path(row.path):
-            skipped.append((row.path, f"line {row.line}: not an image suffix ({row.path.suffix or 'none'})"))
         elif not row.path.is_file():
             skipped.append((row.path, f"line {row.line}: file not found"))
+        elif not (is_image_path(row.path) or is_dicom_file(row.path)):
+            # Same words as the other adapters; DICOM files were recognised by suffix or marker just above.
+            skipped.append((row.path, f"line {row.line}: not an image suffix ({row.path.suffix or 'none'})"))
         else:
             seen.add(row.path)
             records.append(ImageRecord(path=row.path, class_name=row.label, label=index[row.label]))

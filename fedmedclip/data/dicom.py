@@ -1,4 +1,4 @@
-"""DICOM decoding (DESIGN.md §8): a Part-10 file's first frame as an 8-bit RGB ``PIL.Image``.
+"""DICOM decoding (docs/design.md §8): a Part-10 file's first frame as an 8-bit RGB ``PIL.Image``.
 
 What it does, in the order a viewer would:
 1. the modality transform (Rescale Slope/Intercept or a Modality LUT) turns stored values into real units;
@@ -12,15 +12,20 @@ transfer syntax with no decoder installed, too many pixels — is one ``ImageDec
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from fedmedclip.data.images import ImageDecodeError
+from fedmedclip.data.decode_errors import ImageDecodeError
+from fedmedclip.data.dicom_codecs import hint, refusal
+from fedmedclip.logs import event
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -28,26 +33,77 @@ if TYPE_CHECKING:
 _PREAMBLE = 128
 _MAGIC = b"DICM"
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # rows × columns × frames × samples; decoding allocates several copies
+_EXPLICIT_VRS = frozenset({b"UL", b"OB", b"UI", b"SH", b"AE"})  # what a file meta element (0002,xxxx) carries
+
+log = logging.getLogger("fedmedclip.data.dicom")
+_current_file: contextvars.ContextVar[str] = contextvars.ContextVar("dicom_file", default="<bytes>")
+
+
+def has_preamble(data: bytes) -> bool:
+    """A DICOM Part-10 file as the standard writes it: a 128-byte preamble then ``DICM``."""
+    return len(data) >= _PREAMBLE + len(_MAGIC) and data[_PREAMBLE : _PREAMBLE + len(_MAGIC)] == _MAGIC
 
 
 def looks_like_dicom(data: bytes) -> bool:
-    """A DICOM Part-10 file: a 128-byte preamble then ``DICM``. Files without the preamble are not accepted."""
-    return len(data) >= _PREAMBLE + len(_MAGIC) and data[_PREAMBLE : _PREAMBLE + len(_MAGIC)] == _MAGIC
+    """Part-10 DICOM with its preamble, or without it (the file starts with the (0002,xxxx) meta group).
+
+    Some PACS and older tools write the file meta group without the preamble; pydicom reads those, so we do.
+    """
+    if has_preamble(data):
+        return True
+    return len(data) >= 8 and data[:2] == b"\x02\x00" and data[4:6] in _EXPLICIT_VRS
+
+
+class _PydicomToOurLog(logging.Handler):
+    """pydicom logs a multi-line traceback per failed decoder plugin, without the file name. Each record
+    becomes one warning line of ours naming the file; the full reason reaches the caller in the error."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            lines = record.getMessage().strip().splitlines()
+            event(log, "pydicom", logging.WARNING, path=_current_file.get(), detail=lines[0] if lines else "")
+        except Exception:  # a log handler must never break the decode it reports on
+            self.handleError(record)
+
+
+def _route_pydicom_logging() -> None:
+    pydicom_log = logging.getLogger("pydicom")
+    if not any(isinstance(handler, _PydicomToOurLog) for handler in pydicom_log.handlers):
+        for handler in list(pydicom_log.handlers):  # pydicom's own stderr handler, if it installed one
+            pydicom_log.removeHandler(handler)
+        pydicom_log.addHandler(_PydicomToOurLog())
+        pydicom_log.propagate = False
+
+
+@contextlib.contextmanager
+def _naming(path: str | os.PathLike[str]) -> Iterator[None]:
+    token = _current_file.set(str(path))
+    try:
+        yield
+    finally:
+        _current_file.reset(token)
 
 
 def decode_dicom(
     data: bytes, path: str | os.PathLike[str] = "<bytes>", *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Image.Image:
     """Decode a DICOM file's first frame to RGB, or raise ``ImageDecodeError``."""
-    import pydicom  # imported here: only DICOM callers pay for it
-    from pydicom.errors import InvalidDicomError
-
     if not data:
         raise ImageDecodeError(path, "empty file")
     if not looks_like_dicom(data):
-        raise ImageDecodeError(path, "not a DICOM Part-10 file (no 'DICM' marker after the 128-byte preamble)")
+        raise ImageDecodeError(path, "not a DICOM Part-10 file (no 'DICM' marker and no file meta group)")
+    _route_pydicom_logging()
+    with _naming(path):
+        return _decode(data, path, max_pixels)
+
+
+def _decode(data: bytes, path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
+    import pydicom  # imported here: only DICOM callers pay for it
+    from pydicom.errors import InvalidDicomError
+
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data))
+        # force only for files without the preamble: pydicom refuses those otherwise, though it reads them.
+        dataset = pydicom.dcmread(io.BytesIO(data), force=not has_preamble(data))
     except InvalidDicomError as error:
         raise ImageDecodeError(path, f"invalid DICOM: {error}") from error
     except Exception as error:  # pydicom raises many unrelated types for truncated or corrupt headers
@@ -64,6 +120,10 @@ def decode_dicom(
         raise ImageDecodeError(path, f"the DICOM image size {rows}x{columns}x{frames} is invalid")
     if rows * columns * frames * samples > max_pixels:
         raise ImageDecodeError(path, f"the DICOM image has {rows}x{columns}x{frames} pixels, over the limit")
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    missing_codec = refusal(str(syntax)) if syntax else None
+    if missing_codec:  # say which package fixes it, rather than pydicom's list of plugins that are absent
+        raise ImageDecodeError(path, missing_codec)
     try:
         pixels = np.asarray(dataset.pixel_array)
         if frames > 1:
@@ -72,9 +132,11 @@ def decode_dicom(
     except ImageDecodeError:
         raise
     except Exception as error:  # truncated pixel data, unsupported compression, inconsistent tags...
-        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
-        hint = f" (transfer syntax {syntax.name})" if syntax is not None and hasattr(syntax, "name") else ""
-        raise ImageDecodeError(path, f"cannot decode the DICOM pixel data{hint}: {error}") from error
+        where = f" (transfer syntax {syntax.name})" if syntax is not None and hasattr(syntax, "name") else ""
+        # One line for logs: pydicom lists each plugin's failure on its own line.
+        detail = "; ".join(line.strip() for line in str(error).splitlines() if line.strip()).replace(":; ", ": ")
+        fix = hint(str(syntax)) if syntax else ""
+        raise ImageDecodeError(path, f"cannot decode the DICOM pixel data{where}: {detail}{fix}") from error
 
 
 def _to_rgb(dataset: Dataset, pixels: np.ndarray) -> Image.Image:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fedmedclip.data.dicom import looks_like_dicom
 from fedmedclip.data.imagefolder import DatasetError, ImageRecord, LabeledImages
+from fedmedclip.data.layout import EMPTY_FOLDER_REASON, class_folders, files_under, skip_summary
 
 DICOM_SUFFIXES: frozenset[str] = frozenset({".dcm", ".dicom"})
 _MARKER_BYTES = 132  # 128-byte preamble + "DICM"
@@ -37,31 +38,36 @@ def is_dicom_file(path: str | os.PathLike[str]) -> bool:
 def scan_dicom_folder(root: str | os.PathLike[str], classes: Sequence[str] | None = None) -> LabeledImages:
     """List the DICOM files under ``root/<class>/``, labelled by class folder.
 
-    ``classes=None`` takes every non-hidden sub-folder, sorted; a given list fixes the label order and each
-    named folder must exist. Files are sorted, so the same tree always gives the same records.
+    ``classes=None`` takes every sub-folder holding at least one DICOM file, sorted; empty, hidden and system
+    folders (``__MACOSX``) are never classes and are reported in ``skipped``. A given list fixes the label
+    order and each named folder must exist. Files are sorted, so the same tree always gives the same records.
     """
     base = Path(root).expanduser()
     if not base.is_dir():
         what = "is not a directory" if base.exists() else "does not exist"
         raise DatasetError(f"DICOM folder root {base} {what}")
-    present = sorted(entry.name for entry in os.scandir(base) if entry.is_dir() and not entry.name.startswith("."))
-    chosen = _choose(base, present, classes)
-    records: list[ImageRecord] = []
     skipped: list[tuple[Path, str]] = []
-    for label, name in enumerate(chosen):
-        for path in _files_under(base / name):
-            if path.name.startswith("."):
-                skipped.append((path, "hidden file"))
-            elif is_dicom_file(path):
-                records.append(ImageRecord(path=path, class_name=name, label=label))
+    present = class_folders(base, skipped)
+    listed: dict[str, list[Path]] = {}
+    for name in present if classes is None else [str(name) for name in classes if str(name) in present]:
+        found = []
+        for path in files_under(base / name, skipped):
+            if is_dicom_file(path):
+                found.append(path)
             else:
                 skipped.append((path, "not a DICOM file (no .dcm/.dicom suffix and no DICM marker)"))
-    for entry in sorted(os.scandir(base), key=lambda e: e.name):
-        if entry.is_file() and not entry.name.startswith("."):
-            skipped.append((Path(entry.path), "not inside a class folder"))
-    if not records:
-        detail = f" ({len(skipped)} files skipped, e.g. {skipped[0][0].name}: {skipped[0][1]})" if skipped else ""
-        raise DatasetError(f"no DICOM files under {base}/<class>/{detail}")
+        if not found and classes is None:
+            skipped.append((base / name, EMPTY_FOLDER_REASON))
+            continue
+        listed[name] = found
+    if present and not any(listed.values()):
+        raise DatasetError(f"no DICOM files under {base}/<class>/{skip_summary(skipped)}")
+    chosen = _choose(base, [name for name in present if classes is not None or name in listed], classes)
+    records = [
+        ImageRecord(path=path, class_name=name, label=label)
+        for label, name in enumerate(chosen)
+        for path in listed.get(name, [])
+    ]
     return LabeledImages(classes=chosen, records=records, skipped=skipped)
 
 
@@ -81,11 +87,3 @@ def _choose(base: Path, present: list[str], classes: Sequence[str] | None) -> li
             f"class folder(s) missing in {base}: {', '.join(missing)} (found: {', '.join(present) or 'none'})"
         )
     return chosen
-
-
-def _files_under(folder: Path) -> list[Path]:
-    found: list[Path] = []
-    for current, dirs, files in os.walk(folder):
-        dirs[:] = [name for name in dirs if not name.startswith(".")]  # .git, .DS_Store folders and the like
-        found.extend(Path(current) / name for name in files)
-    return sorted(found, key=lambda path: path.relative_to(folder).parts)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedmedclip.data.images import IMAGE_SUFFIXES, is_image_path
+from fedmedclip.data.layout import EMPTY_FOLDER_REASON, class_folders, files_under, skip_summary
 
 
 class DatasetError(ValueError):
@@ -51,34 +52,42 @@ class LabeledImages:
 def scan_imagefolder(root: str | os.PathLike[str], classes: Sequence[str] | None = None) -> LabeledImages:
     """List the images under ``root/<class>/``, labelled by class folder.
 
-    ``classes=None`` takes every non-hidden sub-folder, sorted, as the label space. Passing ``classes`` fixes
-    the label order (so several sites can share one label space); each named folder must exist, and folders
-    not named are ignored. Images in nested sub-folders of a class belong to that class. Files are sorted so
-    that the same tree always gives the same records in the same order.
+    ``classes=None`` takes every sub-folder holding at least one image, sorted, as the label space: a folder
+    with no usable image, hidden folders and system folders (``__MACOSX``) are never classes, and each is
+    reported in ``skipped``. Passing ``classes`` fixes the label order (so several sites can share one label
+    space); each named folder must exist (it may be empty: a site may lack a class), and folders not named
+    are ignored. Images in nested sub-folders of a class belong to that class. Files are sorted so that the
+    same tree always gives the same records in the same order.
     """
     base = Path(root).expanduser()
     if not base.is_dir():
         what = "is not a directory" if base.exists() else "does not exist"
         raise DatasetError(f"image folder root {base} {what}")
-    present = sorted(entry.name for entry in os.scandir(base) if entry.is_dir() and not _hidden(entry.name))
-    chosen = _choose_classes(base, present, classes)
-
-    records: list[ImageRecord] = []
     skipped: list[tuple[Path, str]] = []
-    for label, name in enumerate(chosen):
-        for path in _files_under(base / name):
-            reason = _skip_reason(path, base / name)
-            if reason:
-                skipped.append((path, reason))
+    present = class_folders(base, skipped)
+    listed: dict[str, list[Path]] = {}
+    for name in present if classes is None else [str(name) for name in classes if str(name) in present]:
+        folder_skipped: list[tuple[Path, str]] = []
+        files = files_under(base / name, folder_skipped)
+        images = []
+        for path in files:
+            if is_image_path(path):
+                images.append(path)
             else:
-                records.append(ImageRecord(path=path, class_name=name, label=label))
-    # Loose files at the top level have no class; saying so beats silently ignoring a misplaced dataset.
-    for entry in sorted(os.scandir(base), key=lambda e: e.name):
-        if entry.is_file() and not _hidden(entry.name):
-            skipped.append((Path(entry.path), "not inside a class folder"))
-    if not records:
-        detail = f" ({len(skipped)} files skipped, e.g. {skipped[0][0].name}: {skipped[0][1]})" if skipped else ""
-        raise DatasetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {base}{detail}")
+                folder_skipped.append((path, f"not an image suffix ({path.suffix or 'none'})"))
+        skipped.extend(folder_skipped)
+        if not images and classes is None:
+            skipped.append((base / name, EMPTY_FOLDER_REASON))
+            continue
+        listed[name] = images
+    if present and not any(listed.values()):
+        raise DatasetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {base}{skip_summary(skipped)}")
+    chosen = _choose_classes(base, [name for name in present if classes is not None or name in listed], classes)
+    records = [
+        ImageRecord(path=path, class_name=name, label=label)
+        for label, name in enumerate(chosen)
+        for path in listed.get(name, [])
+    ]
     return LabeledImages(classes=chosen, records=records, skipped=skipped)
 
 
@@ -98,24 +107,3 @@ def _choose_classes(base: Path, present: list[str], classes: Sequence[str] | Non
         found = ", ".join(present) if present else "none"
         raise DatasetError(f"class folder(s) missing in {base}: {', '.join(missing)} (found: {found})")
     return chosen
-
-
-def _files_under(folder: Path) -> list[Path]:
-    """Every file below ``folder``; hidden folders are not entered (``.ipynb_checkpoints``, ``.git``...)."""
-    found: list[Path] = []
-    for current, dirs, files in os.walk(folder):
-        dirs[:] = [name for name in dirs if not _hidden(name)]
-        found.extend(Path(current) / name for name in files)
-    return sorted(found, key=lambda path: path.relative_to(folder).parts)
-
-
-def _skip_reason(path: Path, class_dir: Path) -> str:
-    if any(_hidden(part) for part in path.relative_to(class_dir).parts):
-        return "hidden file"
-    if not is_image_path(path):
-        return f"not an image suffix ({path.suffix or 'none'})"
-    return ""
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith(".")

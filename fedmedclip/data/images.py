@@ -4,7 +4,7 @@ One function turns "a file that should be an image" into a fully decoded RGB ``P
 ``ImageDecodeError``. Pillow decodes lazily and raises half a dozen unrelated exception types for broken
 input (``UnidentifiedImageError``, ``OSError`` for truncation, ``SyntaxError`` for bad PNG chunks...), so
 without this a corrupt file would surface deep inside a DataLoader worker as an arbitrary error. Callers
-catch ``ImageDecodeError``, report the path and reason, and skip the file (DESIGN.md §8).
+catch ``ImageDecodeError``, report the path and reason, and skip the file (docs/design.md §8).
 """
 
 from __future__ import annotations
@@ -16,6 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from fedmedclip.data.decode_errors import ImageDecodeError
+from fedmedclip.data.dicom import decode_dicom, looks_like_dicom
+
+__all__ = ["IMAGE_SUFFIXES", "ImageDecodeError", "decode_image", "is_image_path", "load_image", "to_rgb"]
+
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 # What Pillow raises for unreadable, truncated, oversized or malformed input.
@@ -26,18 +31,8 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     EOFError,
     Image.DecompressionBombError,
 )
-_DICOM_MAGIC_AT = 128  # a DICOM Part-10 file is a 128-byte preamble, then "DICM"
 # Single-channel modes whose values do not fit 8 bits; Pillow's own RGB conversion clips them at 255.
 _WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-
-
-class ImageDecodeError(ValueError):
-    """A file could not be decoded as an image. ``path`` and ``reason`` are meant for reports."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"cannot decode image {self.path}: {reason}")
 
 
 def is_image_path(path: str | os.PathLike[str]) -> bool:
@@ -62,9 +57,7 @@ def decode_image(data: bytes, path: str | os.PathLike[str] = "<bytes>") -> Image
     """
     if not data:
         raise ImageDecodeError(path, "empty file")
-    if data[_DICOM_MAGIC_AT : _DICOM_MAGIC_AT + 4] == b"DICM":  # Part-10 DICOM: Pillow cannot read it
-        from fedmedclip.data.dicom import decode_dicom  # imported here: pydicom is only paid for by DICOM
-
+    if looks_like_dicom(data):  # Pillow cannot read DICOM; pydicom is imported only when one arrives
         return decode_dicom(data, path)
     try:
         with Image.open(io.BytesIO(data)) as opened:

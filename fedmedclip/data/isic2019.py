@@ -26,6 +26,7 @@ from typing import Literal
 
 from fedmedclip.data.imagefolder import DatasetError, ImageRecord, LabeledImages
 from fedmedclip.data.images import IMAGE_SUFFIXES
+from fedmedclip.data.layout import is_ignored_name
 
 GROUND_TRUTH_FILE = "ISIC_2019_Training_GroundTruth.csv"
 METADATA_FILE = "ISIC_2019_Training_Metadata.csv"
@@ -253,17 +254,25 @@ def _read_metadata(path: Path) -> dict[str, str]:
 
 
 def _index_images(folder: Path) -> dict[str, Path]:
-    """Image id (file stem) → path, listing the folder once rather than probing 25k names one by one."""
+    """Image id (file stem) → path, listing the tree once rather than probing 25k names one by one.
+
+    Sub-folders count (mirrors and unzip tools nest the images one level down); hidden and system folders
+    such as ``__MACOSX`` do not. At equal suffix preference the shallowest path wins, so the result does not
+    depend on the walk order.
+    """
     found: dict[str, Path] = {}
     preference = {".jpg": 0, ".jpeg": 1, ".png": 2}
-    for entry in os.scandir(folder):
-        path = Path(entry.path)
-        suffix = path.suffix.lower()
-        if not entry.is_file() or suffix not in IMAGE_SUFFIXES or entry.name.startswith("."):
-            continue
-        current = found.get(path.stem)
-        if current is None or preference.get(suffix, 9) < preference.get(current.suffix.lower(), 9):
-            found[path.stem] = path
+    for current_dir, dirs, files in os.walk(folder):
+        dirs[:] = sorted(name for name in dirs if not is_ignored_name(name))
+        for name in sorted(files):
+            path = Path(current_dir) / name
+            suffix = path.suffix.lower()
+            if suffix not in IMAGE_SUFFIXES or is_ignored_name(name):
+                continue
+            current = found.get(path.stem)
+            rank = (preference.get(suffix, 9), len(path.parts))
+            if current is None or rank < (preference.get(current.suffix.lower(), 9), len(current.parts)):
+                found[path.stem] = path
     return found
 
 

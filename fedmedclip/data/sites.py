@@ -12,10 +12,20 @@ from pathlib import Path
 
 import torch
 
-from fedmedclip.data.cache import EmbeddingCache, embed_images
+from fedmedclip.data.cache import BatchDecoder, EmbeddingCache, embed_images
 from fedmedclip.data.imagefolder import DatasetError, LabeledImages, scan_imagefolder
 from fedmedclip.data.splits import DEFAULT_FRACTIONS, Split, split_indices
 from fedmedclip.model.backbone import Backbone
+
+
+class NoUsableImagesError(DatasetError):
+    """Not one listed file of a site decoded; ``failed`` holds every (path, reason) for the skipped list."""
+
+    def __init__(self, name: str, failed: Sequence[tuple[Path, str]]) -> None:
+        self.failed = list(failed)
+        examples = "; ".join(f"{path}: {reason}" for path, reason in self.failed[:3])
+        more = f" (and {len(self.failed) - 3} more)" if len(self.failed) > 3 else ""
+        super().__init__(f"site {name} has no usable images ({len(self.failed)} unreadable): {examples}{more}")
 
 
 @dataclass(frozen=True)
@@ -52,17 +62,25 @@ def embed_site(
     batch_size: int = 64,
     num_workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    decoder: BatchDecoder | None = None,
 ) -> SiteEmbeddings:
     """Embed ``images`` (through ``cache`` when given) and split them by label, seeded.
 
     ``test_only=True`` puts every image in the test part: a held-out site is never trained or validated on.
     Unreadable files are reported in ``skipped`` and left out; a site with no usable image is an error.
+    ``decoder``: e.g. a ``data.embed_pipeline.EmbedPipeline`` (GPU JPEG decoding, persistent workers).
     """
     result = embed_images(
-        backbone, images.paths, cache, batch_size=batch_size, num_workers=num_workers, progress=progress
+        backbone,
+        images.paths,
+        cache,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        decoder=decoder,
     )
     if not result.kept_indices:
-        raise DatasetError(f"site {name} has no usable images ({len(result.failed)} unreadable)")
+        raise NoUsableImagesError(name, result.failed)
     kept = [images.records[i] for i in result.kept_indices]
     labels = torch.tensor([record.label for record in kept], dtype=torch.long)
     if test_only:

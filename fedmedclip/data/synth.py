@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from fedmedclip.atomic_files import write_atomic
+
 MANIFEST = "synth.json"
 HOLDOUT_SITE = "site-holdout"
 FORMAT = "fedmedclip-synth/1"
@@ -244,9 +246,8 @@ def _prepare(base: Path) -> None:
 
 
 def _write_manifest(base: Path, data: dict[str, Any]) -> None:
-    temporary = base / f".{MANIFEST}.tmp"
-    temporary.write_text(json.dumps(data, indent=2) + "\n")  # insertion order: classes stay in label order
-    os.replace(temporary, base / MANIFEST)
+    # Insertion order: classes stay in label order.
+    write_atomic(base / MANIFEST, (json.dumps(data, indent=2) + "\n").encode())
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -23,7 +23,9 @@ import yaml
 from fedmedclip.data.imagefolder import ImageRecord, scan_imagefolder
 from fedmedclip.data.splits import split_indices
 from fedmedclip.data.synth import SynthConfig, generate
+from fedmedclip.demo.history import round_history
 from fedmedclip.demo.processes import Service, ServiceError, child_env, run_command
+from fedmedclip.demo.report import write_report
 from fedmedclip.demo.scoring import SiteScore, score_site
 from fedmedclip.model.backbone import BackboneSpec, WeightsUnavailableError, resolve_weights
 
@@ -39,7 +41,7 @@ class DemoSettings:
     weights: str = "openai"
     rounds: int = 3
     sites: int = 3
-    images_per_site: int = 90
+    images_per_site: int = 400  # 80 held-out test images per site: one image is 1.25 points, not 6
     image_size: int = 96
     seed: int = 0
     timeout_s: float = 900.0
@@ -52,11 +54,13 @@ class DemoReport:
     upload_bytes_per_round: list[dict[str, int]] = field(default_factory=list)
     sites: dict[str, SiteScore] = field(default_factory=dict)
     wall_time_s: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)  # round_history(): one entry per closed round
 
     def to_json(self) -> dict[str, Any]:
         return {
             "backbone": self.backbone,
-            "rounds": self.rounds,
+            "rounds_configured": self.rounds,
+            "rounds": self.history,
             "upload_bytes_per_round": self.upload_bytes_per_round,
             "sites": {name: score.to_json() for name, score in self.sites.items()},
             "wall_time_s": round(self.wall_time_s, 1),
@@ -280,7 +284,9 @@ class Demo:
                     if response.status_code != 200:
                         raise ServiceError(f"predict for {site} answered {response.status_code}: {response.text}")
                     answers.extend(response.json()["predictions"])
-                scores[site] = score_site([r.class_name for r in records], answers)
+                detail = client.get(f"/v1/sites/{site}")
+                calibration = detail.json().get("calibration") if detail.status_code == 200 else None
+                scores[site] = score_site([r.class_name for r in records], answers, calibration)
         return scores
 
     def stop_all(self) -> None:
@@ -361,6 +367,9 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None], warn: Callable[
         upload_bytes_per_round=upload_bytes(status),
         sites=scores,
         wall_time_s=time.monotonic() - started,
+        history=round_history(status),
     )
-    (demo.out / "report.json").write_text(json.dumps(report.to_json(), indent=2))
+    content = report.to_json()
+    (demo.out / "report.json").write_text(json.dumps(content, indent=2))
+    write_report(content, demo.out)
     return report

@@ -68,11 +68,10 @@ def run_local_head(data: PreparedData, settings: FederationSettings, reporter: R
                 )
                 result.train_seconds += time.perf_counter() - started
                 heads[site.name].append(trained.head_state)
-            result.val_curve.append(
-                _mean_val_accuracy(
-                    data.sites,
-                    lambda site: _head_probs(site, fam, heads[site.name][-1], "val", scale, config.head_hidden),
-                )
+            _record_val_accuracy(
+                result,
+                data.sites,
+                lambda site: _head_probs(site, fam, heads[site.name][-1], "val", scale, config.head_hidden),
             )
             update(round_index + 1, settings.rounds)
     chosen = select_round(result.val_curve, settings.selection)
@@ -116,7 +115,8 @@ def run_fedclip(data: PreparedData, settings: FederationSettings, reporter: Repo
             global_state = fedavg_average(states, weights)
             result.train_seconds += time.perf_counter() - started
             history.append(global_state)
-            result.val_curve.append(_mean_val_accuracy(data.sites, _fedclip_val(global_state, scale)))
+            result.upload_per_round.append(adapter_bytes * len(data.sites))
+            _record_val_accuracy(result, data.sites, _fedclip_val(global_state, scale))
             update(round_index + 1, settings.rounds)
     chosen = select_round(result.val_curve, settings.selection)
     result.selected_round = chosen + 1
@@ -155,9 +155,15 @@ def _fedclip_val(adapter: dict[str, torch.Tensor], scale: float) -> Callable[[Pr
     return lambda site: _fedclip_probs(site, adapter, "val", scale)
 
 
-def _mean_val_accuracy(sites: Sequence[PreparedSite], probs: Callable[[PreparedSite], torch.Tensor]) -> float:
-    """Mean validation accuracy over the sites that have a validation split (tiny sites may not)."""
-    values = [
-        probs_metrics(probs(site), _labels(site, "val"))["accuracy"] for site in sites if _labels(site, "val").numel()
-    ]
-    return sum(values) / len(values) if values else 0.0
+def _record_val_accuracy(
+    result: MethodResult, sites: Sequence[PreparedSite], probs: Callable[[PreparedSite], torch.Tensor]
+) -> None:
+    """Append this round's validation accuracy per site and its mean over the sites that have a validation
+    split (tiny sites may not)."""
+    values = []
+    for site in sites:
+        if _labels(site, "val").numel():
+            accuracy = probs_metrics(probs(site), _labels(site, "val"))["accuracy"]
+            result.val_per_site.setdefault(site.name, []).append(accuracy)
+            values.append(accuracy)
+    result.val_curve.append(sum(values) / len(values) if values else 0.0)

@@ -12,6 +12,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 from fedmedclip.experiment.config import AblationSettings, FederationSettings, Preprocess
 from fedmedclip.experiment.data import PreparedData
@@ -26,7 +29,11 @@ from fedmedclip.federation.simulation import (
     evaluate_site,
     run_federation,
 )
+from fedmedclip.model.ensemble import calibrate_probs
+from fedmedclip.model.personalised import PersonalisedClassifier
+from fedmedclip.training.calibration import fit_temperature
 from fedmedclip.training.config import TrainConfig
+from fedmedclip.training.metrics import expected_calibration_error, reliability_bins
 
 _REPORTED = ("zero_shot_acc", "head_acc", "mean_alpha")
 
@@ -103,8 +110,13 @@ def run_variant(data: PreparedData, variant: Variant, settings: FederationSettin
     for record in first.rounds:
         result.upload_bytes += sum(record.upload_bytes.values())
         result.uploads += len(record.upload_bytes)
+        result.upload_per_round.append(sum(record.upload_bytes.values()))
     if evaluate_on == "val":
         result.val_curve = [_mean_accuracy(record) for record in first.rounds]
+        result.val_per_site = {
+            site.name: [record.eval_metrics[site.name]["ensemble_acc"] for record in first.rounds]
+            for site in data.sites
+        }
     chosen = select_round(result.val_curve, "best_val") if evaluate_on == "val" else settings.rounds - 1
     result.selected_round = chosen + 1
     final = first
@@ -120,9 +132,56 @@ def run_variant(data: PreparedData, variant: Variant, settings: FederationSettin
     for name, metrics in final.final_metrics.items():
         result.per_site[name] = _as_row(metrics)
     result.holdout = _holdout(data, final, variant, settings)
+    result.calibration = calibration_report(data, final, variant.train.head_hidden)
     if not variant.aggregate:
         result.notes.append("no aggregation: no global FAM, so the held-out site has no prediction")
     return result
+
+
+def calibration_report(data: PreparedData, final: SimulationResult, head_hidden: int) -> dict[str, Any] | None:
+    """Fit each site's temperature on its validation split (as the agent does) and judge it on test.
+
+    ``None`` when no site has enough validation images to fit one.
+    """
+    scale = data.backbone.logit_scale
+    per_site: dict[str, dict[str, float]] = {}
+    raw_all, calibrated_all, labels_all = [], [], []
+    for site in data.sites:
+        classifier = PersonalisedClassifier(
+            site.classes, final.global_fam, site.prototypes, scale, final.heads.get(site.name), head_hidden
+        )
+        val_features, val_labels = site.part("val")
+        test_features, test_labels = site.part("test")
+        fitted = fit_temperature(classifier.predict(val_features).probs, val_labels)
+        if fitted is None or test_labels.numel() == 0:
+            continue
+        raw = classifier.predict(test_features).probs
+        calibrated = calibrate_probs(raw, fitted.temperature)
+        per_site[site.name] = {
+            "temperature": fitted.temperature,
+            "val_ece_before": fitted.ece_before,
+            "val_ece_after": fitted.ece_after,
+            "test_ece_before": expected_calibration_error(raw, test_labels),
+            "test_ece_after": expected_calibration_error(calibrated, test_labels),
+        }
+        # Pooled over sites for one reliability diagram: the label spaces may differ, but confidence and
+        # correctness do not depend on which classes they are about.
+        raw_all.append(raw.max(dim=-1).values)
+        calibrated_all.append(calibrated.max(dim=-1).values)
+        labels_all.append((raw.argmax(-1) == test_labels).float())
+    if not per_site:
+        return None
+    correct = torch.cat(labels_all)
+    return {
+        "method": "temperature",
+        "per_site": per_site,
+        "test_ece_before": sum(s["test_ece_before"] for s in per_site.values()) / len(per_site),
+        "test_ece_after": sum(s["test_ece_after"] for s in per_site.values()) / len(per_site),
+        "reliability": {
+            "uncalibrated": reliability_bins(torch.cat(raw_all), correct),
+            "calibrated": reliability_bins(torch.cat(calibrated_all), correct),
+        },
+    }
 
 
 def _mean_accuracy(record: RoundRecord) -> float:

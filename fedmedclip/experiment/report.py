@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-from fedmedclip.experiment import paper
+from fedmedclip.experiment import paper, plots
 from fedmedclip.experiment.config import ISIC2019Data
-from fedmedclip.experiment.results import MethodResult
-from fedmedclip.experiment.runner import RESULTS_JSON, RESULTS_MD, ExperimentResult
+from fedmedclip.experiment.results import RESULTS_JSON, RESULTS_MD, ExperimentResult, MethodResult
 
 
 @dataclass
@@ -190,7 +190,8 @@ def _paper_table(on_isic: bool) -> TableSpec:
     return spec
 
 
-def to_markdown(result: ExperimentResult) -> str:
+def to_markdown(result: ExperimentResult, plots: Sequence[str] | None = None) -> str:
+    """The Markdown report; ``plots`` names the PNG files written beside it (all of ``PLOTS`` when None)."""
     config = result.config
     lines = [
         f"# Experiment `{config.name}`",
@@ -211,6 +212,12 @@ def to_markdown(result: ExperimentResult) -> str:
         lines += [f"## {spec.title}", "", _markdown_table(spec), ""]
         if spec.caption:
             lines += [spec.caption, ""]
+    calibration = _calibration_table(result)
+    if calibration is not None:
+        lines += [f"## {calibration.title}", "", _markdown_table(calibration), "", calibration.caption, ""]
+    for title, file in PLOTS.items():
+        if plots is None or file in plots:
+            lines += [f"## {title}", "", f"![{title}]({file})", ""]
     notes = [*result.notes, *(f"{m.label}: {note}" for m in result.methods for note in m.notes)]
     if notes:
         lines += ["## Notes", "", *(f"- {note}" for note in notes), ""]
@@ -238,8 +245,88 @@ def write_reports(result: ExperimentResult, out_dir: Path) -> dict[str, Path]:
     payload = result.to_json()
     payload["paper"] = {key: row.__dict__ for key, row in paper.ISIC2019.items()}
     paths["json"].write_text(json.dumps(_clean(payload), indent=2, allow_nan=False) + "\n")
-    paths["markdown"].write_text(to_markdown(result))
+    written = write_plots(result, out_dir)
+    paths.update(written)
+    paths["markdown"].write_text(to_markdown(result, [p.name for p in written.values()]))
     return paths
+
+
+PLOTS = {
+    "Accuracy per round": "accuracy_per_round.png",
+    "Upload per round": "upload_per_round.png",
+    "Reliability of the FedMedCLIP ensemble": "reliability.png",
+}
+
+
+def write_plots(result: ExperimentResult, out_dir: Path) -> dict[str, Path]:
+    """The PNG plots beside ``results.md``: validation accuracy per round per method and site (a star marks
+    the test accuracy at the selected round), bytes uploaded per round, and the reliability diagram of the
+    calibrated and uncalibrated FedMedCLIP ensemble."""
+    written: dict[str, Path] = {}
+    curves = [m for m in result.methods if m.val_per_site]
+    if curves:
+        panels = {site: {m.label: m.val_per_site.get(site, []) for m in curves} for site in result.sites}
+        markers = {
+            site: {
+                f"{m.label} test @ {m.selected_round}": (float(m.selected_round), m.per_site[site]["accuracy"])
+                for m in curves
+                if m.selected_round is not None and site in m.per_site and m.kind == "method"
+            }
+            for site in result.sites
+        }
+        written["accuracy_plot"] = plots.line_panels(
+            out_dir / PLOTS["Accuracy per round"],
+            "Validation accuracy per round (stars: test accuracy at the selected round)",
+            panels,
+            ylabel="accuracy",
+            markers=markers,
+            percent=True,
+        )
+    uploads = {m.label: [float(b) for b in m.upload_per_round] for m in result.methods if m.upload_per_round}
+    if uploads:
+        written["upload_plot"] = plots.line_panels(
+            out_dir / PLOTS["Upload per round"],
+            "Bytes uploaded per round (all sites)",
+            {"all sites": uploads},
+            ylabel="bytes",
+            log_y=True,
+        )
+    main = next((m for m in result.methods if m.key == "fedmedclip" and m.calibration), None)
+    if main is not None and main.calibration is not None:
+        bins = main.calibration["reliability"]
+        written["reliability_plot"] = plots.reliability_diagram(
+            out_dir / PLOTS["Reliability of the FedMedCLIP ensemble"],
+            "FedMedCLIP ensemble, test splits",
+            {
+                f"uncalibrated (ECE {percent(main.calibration['test_ece_before'])}%)": bins["uncalibrated"],
+                f"temperature-scaled (ECE {percent(main.calibration['test_ece_after'])}%)": bins["calibrated"],
+            },
+        )
+    return written
+
+
+def _calibration_table(result: ExperimentResult) -> TableSpec | None:
+    main = next((m for m in result.methods if m.key == "fedmedclip" and m.calibration), None)
+    if main is None or main.calibration is None:
+        return None
+    spec = TableSpec(
+        "Calibration of the FedMedCLIP ensemble (temperature per site)",
+        ["site", "T", "val ECE before", "val ECE after", "test ECE before", "test ECE after"],
+        caption="ECE in %, 15 equal-width bins. T is fitted on each site's validation split (what the agent "
+        "stores in its bundle); the test columns judge it on images it was not fitted on.",
+    )
+    for site, row in main.calibration["per_site"].items():
+        spec.rows.append(
+            [
+                site,
+                f"{row['temperature']:.2f}",
+                percent(row["val_ece_before"]),
+                percent(row["val_ece_after"]),
+                percent(row["test_ece_before"]),
+                percent(row["test_ece_after"]),
+            ]
+        )
+    return spec
 
 
 def _clean(value: Any) -> Any:

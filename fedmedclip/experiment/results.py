@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import torch
 
+from fedmedclip.experiment.config import ExperimentConfig
 from fedmedclip.training.metrics import accuracy, expected_calibration_error, macro_f1
 
 Kind = Literal["method", "ablation"]
@@ -48,6 +49,12 @@ class MethodResult:
     rounds_run: int = 0
     selected_round: int | None = None  # 1-based round reported, when the method selects one
     val_curve: list[float] = field(default_factory=list)  # mean validation accuracy per round
+    val_per_site: dict[str, list[float]] = field(default_factory=dict)  # site → validation accuracy per round
+    upload_per_round: list[int] = field(default_factory=list)  # bytes all sites uploaded, per round
+    # Temperature scaling of the ensemble fitted per site on validation, judged on test (FedMedCLIP runs only):
+    # {"per_site": {site: {temperature, val_ece_before, val_ece_after, test_ece_before, test_ece_after}},
+    #  "test_ece_before", "test_ece_after", "reliability": {"uncalibrated": bins, "calibrated": bins}}
+    calibration: dict[str, Any] | None = None
     switches: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -80,6 +87,46 @@ class MethodResult:
             "rounds_run": self.rounds_run,
             "selected_round": self.selected_round,
             "val_curve": self.val_curve,
+            "val_per_site": self.val_per_site,
+            "upload_per_round": self.upload_per_round,
+            "calibration": self.calibration,
             "switches": self.switches,
+            "notes": self.notes,
+        }
+
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+
+
+@dataclass
+class ExperimentResult:
+    config: ExperimentConfig
+    backbone: str
+    device: str
+    embed_dim: int
+    sites: dict[str, dict[str, int]]  # training site → split sizes
+    holdout: dict[str, int] | None  # held-out site name → its number of test images
+    methods: list[MethodResult]
+    embedding: dict[str, Any]
+    machine: dict[str, Any]
+    wall_seconds: float
+    finished_at: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "config": self.config.model_dump(mode="json"),
+            "backbone": self.backbone,
+            "device": self.device,
+            "embed_dim": self.embed_dim,
+            "sites": self.sites,
+            "holdout": self.holdout,
+            "methods": [method.to_json() for method in self.methods],
+            "embedding": self.embedding,
+            "machine": self.machine,
+            "wall_seconds": self.wall_seconds,
+            "finished_at": self.finished_at,
             "notes": self.notes,
         }

@@ -1,12 +1,14 @@
-"""Run a whole experiment: data → embeddings → every method and ablation on the same splits → reports."""
+"""Run a whole experiment: data → embeddings → every method and ablation on the same splits → reports.
+
+The result types live in ``results`` and the writers in ``report``, so this module imports both and neither
+imports it back.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from fedmedclip.data.cache import EmbeddingCache
 from fedmedclip.experiment.baselines import run_fedclip, run_local_head, run_zero_shot
@@ -20,51 +22,14 @@ from fedmedclip.experiment.data import (
 from fedmedclip.experiment.fedavg import run_fedavg
 from fedmedclip.experiment.machine import machine_info
 from fedmedclip.experiment.ours import ablation_variant, main_variant, run_variant
+from fedmedclip.experiment.report import write_reports
 from fedmedclip.experiment.reporter import Reporter, SilentReporter
-from fedmedclip.experiment.results import MethodResult
+from fedmedclip.experiment.results import RESULTS_JSON, RESULTS_MD, ExperimentResult, MethodResult
 from fedmedclip.model.backbone import BackboneSpec, default_device, load_backbone
-
-RESULTS_JSON = "results.json"
-RESULTS_MD = "results.md"
-
-
-@dataclass
-class ExperimentResult:
-    config: ExperimentConfig
-    backbone: str
-    device: str
-    embed_dim: int
-    sites: dict[str, dict[str, int]]  # training site → split sizes
-    holdout: dict[str, int] | None  # held-out site name → its number of test images
-    methods: list[MethodResult]
-    embedding: dict[str, Any]
-    machine: dict[str, Any]
-    wall_seconds: float
-    finished_at: str
-    notes: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.config.name,
-            "config": self.config.model_dump(mode="json"),
-            "backbone": self.backbone,
-            "device": self.device,
-            "embed_dim": self.embed_dim,
-            "sites": self.sites,
-            "holdout": self.holdout,
-            "methods": [method.to_json() for method in self.methods],
-            "embedding": self.embedding,
-            "machine": self.machine,
-            "wall_seconds": self.wall_seconds,
-            "finished_at": self.finished_at,
-            "notes": self.notes,
-        }
 
 
 def run_experiment(config: ExperimentConfig, out_dir: Path, reporter: Reporter | None = None) -> ExperimentResult:
     """Run every configured method and ablation, write ``results.json`` and ``results.md`` into ``out_dir``."""
-    from fedmedclip.experiment.report import write_reports  # report imports this module's result type
-
     reporter = reporter or SilentReporter()
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,3 +86,6 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, reporter: Reporter |
 
 def _skips(data: PreparedData) -> dict[str, int]:
     return {name: len(items) for name, items in data.skipped.items()}
+
+
+__all__ = ["RESULTS_JSON", "RESULTS_MD", "ExperimentResult", "run_experiment"]

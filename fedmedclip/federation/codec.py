@@ -1,9 +1,11 @@
 """The masked update codec (DESIGN.md §3, "What a site sends").
 
 Per round a site sends ``total = Δ + residual``: of each weight matrix only the alive rows among the top
-``ceil(rho · rows)`` rows by L2 norm, quantised (int8 with one fp16 scale per row, or fp16, or fp32); the
-bias and kappa vectors whole (fp16, or fp32). Everything not transmitted, quantisation error included,
-becomes the next residual (error feedback), so nothing is lost, only delayed.
+``ceil(rho · rows)`` alive rows by L2 norm (dead rows are never ranked), quantised (int8 with one fp16 scale
+per row, or fp16, or fp32); the bias and kappa vectors whole (fp16, or fp32). Everything not transmitted,
+quantisation error included, becomes the next residual (error feedback), so nothing is lost, only delayed,
+except a dead row's share, which is dropped: the row does not shape the site's model, and keeping it would let
+it grow without bound while the row stays dead.
 """
 
 from __future__ import annotations
@@ -90,13 +92,17 @@ def encode_update(
         if residual is not None:
             total = total + residual[name].detach().to("cpu", torch.float32)
         if total.dim() == 2:
-            entry, decoded = _encode_rows(name, total, alive_rows[name].detach().cpu(), config, writer)
+            alive = alive_rows[name].detach().cpu()
+            entry, decoded = _encode_rows(name, total, alive, config, writer)
             rows_sent[name] = entry["row_count"]
             rows_total[name] = total.shape[0]
+            # A dead row's pending change is dropped, not carried: the row does not shape this site's model,
+            # and a residual kept for it would grow every round and flood the update when the row revives.
+            new_residual[name] = (total - decoded) * alive.to(total.dtype).unsqueeze(1)
         else:
             entry, decoded = _encode_dense(name, total, config, writer)
+            new_residual[name] = total - decoded
         entries.append(entry)
-        new_residual[name] = total - decoded
     body = writer.getvalue()
     header = {"byte_order": "little", "codec": config.to_dict(), "tensors": entries}
     data = framing.pack(header, body, config.compression)
@@ -266,16 +272,18 @@ def _check_inputs(
 
 
 def _select_rows(total: torch.Tensor, alive: torch.Tensor, rho: float) -> torch.Tensor:
-    """Sorted indices of the alive rows among the top ``ceil(rho · rows)`` of all rows by L2 norm.
+    """Sorted indices of the top ``ceil(rho · rows)`` *alive* rows by L2 norm.
 
-    Dead rows still count towards the top-k, so a round never sends more than that many rows. All-zero rows
-    are skipped: sending them would cost bytes and change nothing.
+    Only alive rows are ranked: a dead row is never sent, so letting it hold a place in the top-k would
+    crowd alive rows out (with 8 of 40 rows dead and a budget of 8, alive rows sent per round fell from 6-7
+    to 2). The budget is still counted over all rows, so a round never sends more than that many. All-zero
+    rows are skipped: sending them would cost bytes and change nothing.
     """
     norms = torch.linalg.vector_norm(total, dim=1)
     budget = math.ceil(rho * total.shape[0])
-    top = torch.argsort(norms, descending=True, stable=True)[:budget]  # stable: ties break by row index
-    keep = top[alive[top] & (norms[top] > 0)]
-    return torch.sort(keep).values
+    candidates = torch.nonzero(alive & (norms > 0)).flatten()
+    order = torch.argsort(norms[candidates], descending=True, stable=True)  # stable: ties break by row index
+    return torch.sort(candidates[order[:budget]]).values
 
 
 def _fp16_round_up(values: torch.Tensor) -> torch.Tensor:

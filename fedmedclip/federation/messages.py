@@ -16,6 +16,9 @@ from typing import Literal
 
 from fedmedclip.federation.codec import CodecConfig
 from fedmedclip.federation.run_config import RunConfig
+from fedmedclip.secagg.protocol import AdvertisedKeys, RevealedShare, SealedShares
+
+__all__ = ["AdvertisedKeys", "RevealedShare", "SealedShares"]  # the secure phases' items, re-exported
 
 MODEL_FORMAT_SAFETENSORS = "safetensors"
 
@@ -106,7 +109,49 @@ class DoneTask:
     reason: str
 
 
-SiteTask = TrainTask | WaitTask | DoneTask
+@dataclass(frozen=True)
+class SecureAdvertiseTask:
+    """Secure round, phase 1 (docs/design.md §4.6): train from ``fam_version``, then advertise fresh keys."""
+
+    round: int
+    fam_version: int
+    deadline: datetime | None
+
+
+@dataclass(frozen=True)
+class SecureShareKeysTask:
+    """Phase 2: the round's public parameters and every advertised key pair (sorted by site)."""
+
+    round: int
+    threshold: int
+    bits: int
+    degree: int  # 0: all pairs
+    graph_seed: bytes
+    keys: tuple[AdvertisedKeys, ...]
+    deadline: datetime | None
+
+
+@dataclass(frozen=True)
+class SecureMaskedInputTask:
+    """Phase 3: the sealed shares other sites addressed to this one."""
+
+    round: int
+    shares: tuple[SealedShares, ...]
+    deadline: datetime | None
+
+
+@dataclass(frozen=True)
+class SecureUnmaskTask:
+    """Phase 4: the server's claim of who sent masked input and who dropped after sharing keys."""
+
+    round: int
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    deadline: datetime | None
+
+
+SecureTask = SecureAdvertiseTask | SecureShareKeysTask | SecureMaskedInputTask | SecureUnmaskTask
+SiteTask = TrainTask | WaitTask | DoneTask | SecureTask
 
 
 @dataclass(frozen=True)
@@ -131,6 +176,44 @@ class UpdateHeader:
 
 @dataclass(frozen=True)
 class SubmitReply:
+    accepted: bool
+    duplicate: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class AdvertiseKeysRequest:
+    run_id: str
+    round: int
+    keys: AdvertisedKeys  # keys.site must be the token's site
+
+
+@dataclass(frozen=True)
+class ShareKeysRequest:
+    run_id: str
+    round: int
+    shares: tuple[SealedShares, ...]  # every sender must be the token's site
+
+
+@dataclass(frozen=True)
+class MaskedInputHeader:
+    """The first message of a SubmitMaskedInput stream; the data is the packed vector (``secagg.packing``)."""
+
+    run_id: str
+    round: int
+    sha256: str
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    run_id: str
+    round: int
+    shares: tuple[RevealedShare, ...]
+
+
+@dataclass(frozen=True)
+class SecurePhaseReply:
     accepted: bool
     duplicate: bool
     message: str
@@ -208,6 +291,7 @@ class RoundStatus:
     output_version: int  # 0 until the round closes
     participants: tuple[SiteParticipation, ...] = ()
     metrics: Mapping[str, float] = field(default_factory=dict)
+    message: str = ""  # why an abandoned round ended
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fedmedclip.federation.aggregate import Weighting
 from fedmedclip.federation.codec import CodecConfig
+from fedmedclip.secagg.config import SecureAggregationConfig
 from fedmedclip.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class RunConfig:
     clip_norm: float | None = None  # server-side L2 clip of each accepted update; None: no clipping
     aggregation_rule: AggregationRule = "mean"
     trim_fraction: float = 0.2  # trimmed mean: fraction of each row's senders cut from each end
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
 
     def __post_init__(self) -> None:
         problems = []
@@ -109,6 +111,13 @@ class RunConfig:
             problems.append(f"aggregation_rule must be one of {rules}, got {self.aggregation_rule!r}")
         if not isinstance(self.trim_fraction, int | float) or not 0 <= self.trim_fraction < 0.5:
             problems.append(f"trim_fraction must be in [0, 0.5), got {self.trim_fraction!r}")
+        if self.secure_aggregation.enabled and (
+            self.aggregation_rule != "mean" or self.clip_norm is not None or self.max_samples_per_site is not None
+        ):
+            problems.append(
+                "aggregation_rule, clip_norm and max_samples_per_site apply to plain rounds; with secure_aggregation "
+                "use secure_aggregation.clip_norm and weight_cap (the server never sees a single update)"
+            )
         if self.late_policy not in ("accept_until_quorum", "reopen"):
             problems.append(f"late_policy must be 'accept_until_quorum' or 'reopen', got {self.late_policy!r}")
         if self.weighting not in ("samples", "uniform"):
@@ -148,6 +157,7 @@ class RunConfig:
             "clip_norm": self.clip_norm,
             "aggregation_rule": self.aggregation_rule,
             "trim_fraction": self.trim_fraction,
+            "secure_aggregation": self.secure_aggregation.to_dict(),
         }
 
     @classmethod
@@ -169,6 +179,8 @@ class RunConfig:
             values["train"] = TrainConfig.from_dict(dict(values["train"]))
         if isinstance(values.get("codec"), Mapping):
             values["codec"] = CodecConfig.from_dict(values["codec"])
+        if isinstance(values.get("secure_aggregation"), Mapping):
+            values["secure_aggregation"] = SecureAggregationConfig.from_dict(values["secure_aggregation"])
         if "prompt_templates" in values:
             values["prompt_templates"] = tuple(values["prompt_templates"] or ())
         try:

@@ -30,6 +30,9 @@ from fedmedclip.federation.run_config import AggregationRule, BackboneRef, LateP
 from fedmedclip.rpc.v1 import admin_pb2 as admin_pb
 from fedmedclip.rpc.v1 import common_pb2 as pb
 from fedmedclip.rpc.v1 import federation_pb2 as fed_pb
+from fedmedclip.secagg import shamir
+from fedmedclip.secagg.config import SecureAggregationConfig
+from fedmedclip.secagg.protocol import SecretKind
 from fedmedclip.training.config import Contrastive, TrainConfig
 
 if TYPE_CHECKING:
@@ -286,7 +289,49 @@ def run_config_to_proto(config: RunConfig) -> pb.RunConfig:
         message.max_samples_per_site = config.max_samples_per_site
     if config.clip_norm is not None:
         message.clip_norm = config.clip_norm
+    if config.secure_aggregation != SecureAggregationConfig():
+        message.secure_aggregation.CopyFrom(secure_config_to_proto(config.secure_aggregation))
     return message
+
+
+def secure_config_to_proto(config: SecureAggregationConfig) -> pb.SecureAggregationConfig:
+    degree = 0 if config.degree == "auto" else -1 if config.degree == "all" else int(config.degree)
+    message = pb.SecureAggregationConfig(
+        enabled=config.enabled,
+        degree=degree,
+        clip_norm=config.clip_norm,
+        coordinate_bound=config.coordinate_bound,
+        precision_bits=config.precision_bits,
+        weight_cap=config.weight_cap,
+        row_fraction=config.row_fraction,
+        phase_timeout_seconds=config.phase_timeout_s,
+    )
+    if config.threshold is not None:
+        message.threshold = config.threshold
+    return message
+
+
+def secure_config_from_proto(message: pb.SecureAggregationConfig) -> SecureAggregationConfig:
+    defaults = SecureAggregationConfig()
+    values: dict[str, Any] = {"enabled": message.enabled}
+    for field, proto_field in _SECURE_SCALARS.items():
+        values[field] = getattr(message, proto_field) if message.HasField(proto_field) else getattr(defaults, field)
+    values["threshold"] = message.threshold if message.HasField("threshold") else None
+    degree = message.degree if message.HasField("degree") else 0
+    if degree < -1:
+        raise ValueError(f"secure_aggregation degree {degree} is neither -1 (all pairs), 0 (auto) nor a degree")
+    values["degree"] = "auto" if degree == 0 else "all" if degree == -1 else degree
+    return SecureAggregationConfig(**values)
+
+
+_SECURE_SCALARS = {
+    "clip_norm": "clip_norm",
+    "coordinate_bound": "coordinate_bound",
+    "precision_bits": "precision_bits",
+    "weight_cap": "weight_cap",
+    "row_fraction": "row_fraction",
+    "phase_timeout_s": "phase_timeout_seconds",
+}
 
 
 def run_config_from_proto(message: pb.RunConfig) -> RunConfig:
@@ -312,6 +357,11 @@ def run_config_from_proto(message: pb.RunConfig) -> RunConfig:
             _AGGREGATION_RULE, message.aggregation_rule, "aggregation rule", defaults.aggregation_rule
         ),
         trim_fraction=message.trim_fraction if message.HasField("trim_fraction") else defaults.trim_fraction,
+        secure_aggregation=(
+            secure_config_from_proto(message.secure_aggregation)
+            if message.HasField("secure_aggregation")
+            else SecureAggregationConfig()
+        ),
     )
 
 
@@ -488,6 +538,8 @@ def poll_request_from_proto(message: fed_pb.PollTaskRequest) -> m.PollTaskReques
 
 
 def task_to_proto(task: m.SiteTask) -> fed_pb.Task:
+    if isinstance(task, m.SecureAdvertiseTask | m.SecureShareKeysTask | m.SecureMaskedInputTask | m.SecureUnmaskTask):
+        return _secure_task_to_proto(task)
     if isinstance(task, m.TrainTask):
         train = fed_pb.TrainTask(round=task.round, fam_version=task.fam_version)
         _set_time(train.deadline, task.deadline)
@@ -505,7 +557,154 @@ def task_from_proto(message: fed_pb.Task) -> m.SiteTask:
         return m.WaitTask(max(0.0, message.wait.retry_after_seconds))
     if kind == "done":
         return m.DoneTask(message.done.final_version, message.done.reason)
+    if kind is not None and kind.startswith("secure_"):
+        return _secure_task_from_proto(message, kind)
     raise ValueError("the aggregator sent an empty task (a newer protocol minor version?)")
+
+
+# --- secure aggregation phases (docs/design.md §4.6) ---------------------------------------------------
+
+_SECRET_KIND = {SecretKind.SELF_SEED: fed_pb.SECRET_KIND_SELF_SEED, SecretKind.MASK_KEY: fed_pb.SECRET_KIND_MASK_KEY}
+
+
+def advertised_keys_to_proto(keys: m.AdvertisedKeys) -> fed_pb.AdvertisedKeys:
+    return fed_pb.AdvertisedKeys(site=keys.site, channel_public=keys.channel_public, mask_public=keys.mask_public)
+
+
+def advertised_keys_from_proto(message: fed_pb.AdvertisedKeys) -> m.AdvertisedKeys:
+    return m.AdvertisedKeys(message.site, message.channel_public, message.mask_public)
+
+
+def sealed_shares_to_proto(item: m.SealedShares) -> fed_pb.SealedShares:
+    return fed_pb.SealedShares(sender=item.sender, receiver=item.receiver, ciphertext=item.ciphertext)
+
+
+def sealed_shares_from_proto(message: fed_pb.SealedShares) -> m.SealedShares:
+    return m.SealedShares(message.sender, message.receiver, message.ciphertext)
+
+
+def revealed_share_to_proto(item: m.RevealedShare) -> fed_pb.RevealedShare:
+    return fed_pb.RevealedShare(owner=item.owner, kind=_SECRET_KIND[item.kind], share=item.share.to_bytes())
+
+
+def revealed_share_from_proto(message: fed_pb.RevealedShare) -> m.RevealedShare:
+    """Raises ``ValueError`` for an unknown kind or a malformed share."""
+    kind = _wire_enum_from_proto(_SECRET_KIND, message.kind, "secret kind")
+    try:
+        share = shamir.Share.from_bytes(message.share)
+    except ValueError as exc:
+        raise ValueError(f"revealed share of {message.owner!r}: {exc}") from exc
+    return m.RevealedShare(message.owner, kind, share)
+
+
+def _secure_task_to_proto(task: m.SecureTask) -> fed_pb.Task:
+    if isinstance(task, m.SecureAdvertiseTask):
+        advertise = fed_pb.SecureAdvertiseTask(round=task.round, fam_version=task.fam_version)
+        _set_time(advertise.deadline, task.deadline)
+        return fed_pb.Task(secure_advertise=advertise)
+    if isinstance(task, m.SecureShareKeysTask):
+        share = fed_pb.SecureShareKeysTask(
+            round=task.round,
+            threshold=task.threshold,
+            bits=task.bits,
+            degree=task.degree,
+            graph_seed=task.graph_seed,
+            keys=[advertised_keys_to_proto(k) for k in task.keys],
+        )
+        _set_time(share.deadline, task.deadline)
+        return fed_pb.Task(secure_share_keys=share)
+    if isinstance(task, m.SecureMaskedInputTask):
+        masked = fed_pb.SecureMaskedInputTask(round=task.round, shares=[sealed_shares_to_proto(x) for x in task.shares])
+        _set_time(masked.deadline, task.deadline)
+        return fed_pb.Task(secure_masked_input=masked)
+    unmask = fed_pb.SecureUnmaskTask(round=task.round, survivors=list(task.survivors), dropped=list(task.dropped))
+    _set_time(unmask.deadline, task.deadline)
+    return fed_pb.Task(secure_unmask=unmask)
+
+
+def _secure_task_from_proto(message: fed_pb.Task, kind: str) -> m.SecureTask:
+    if kind == "secure_advertise":
+        a = message.secure_advertise
+        return m.SecureAdvertiseTask(a.round, a.fam_version, _time(a, "deadline"))
+    if kind == "secure_share_keys":
+        k = message.secure_share_keys
+        keys = tuple(advertised_keys_from_proto(x) for x in k.keys)
+        return m.SecureShareKeysTask(k.round, k.threshold, k.bits, k.degree, k.graph_seed, keys, _time(k, "deadline"))
+    if kind == "secure_masked_input":
+        x = message.secure_masked_input
+        shares = tuple(sealed_shares_from_proto(s) for s in x.shares)
+        return m.SecureMaskedInputTask(x.round, shares, _time(x, "deadline"))
+    u = message.secure_unmask
+    return m.SecureUnmaskTask(u.round, tuple(u.survivors), tuple(u.dropped), _time(u, "deadline"))
+
+
+def advertise_keys_request_to_proto(request: m.AdvertiseKeysRequest) -> fed_pb.AdvertiseKeysRequest:
+    return fed_pb.AdvertiseKeysRequest(
+        run_id=request.run_id, round=request.round, keys=advertised_keys_to_proto(request.keys)
+    )
+
+
+def advertise_keys_request_from_proto(message: fed_pb.AdvertiseKeysRequest) -> m.AdvertiseKeysRequest:
+    return m.AdvertiseKeysRequest(message.run_id, message.round, advertised_keys_from_proto(message.keys))
+
+
+def share_keys_request_to_proto(request: m.ShareKeysRequest) -> fed_pb.ShareKeysRequest:
+    return fed_pb.ShareKeysRequest(
+        run_id=request.run_id, round=request.round, shares=[sealed_shares_to_proto(x) for x in request.shares]
+    )
+
+
+def share_keys_request_from_proto(message: fed_pb.ShareKeysRequest) -> m.ShareKeysRequest:
+    return m.ShareKeysRequest(message.run_id, message.round, tuple(sealed_shares_from_proto(x) for x in message.shares))
+
+
+def masked_input_header_to_proto(header: m.MaskedInputHeader) -> fed_pb.MaskedInputHeader:
+    return fed_pb.MaskedInputHeader(
+        run_id=header.run_id, round=header.round, sha256=header.sha256, total_bytes=header.total_bytes
+    )
+
+
+def masked_input_header_from_proto(message: fed_pb.MaskedInputHeader) -> m.MaskedInputHeader:
+    return m.MaskedInputHeader(message.run_id, message.round, message.sha256, message.total_bytes)
+
+
+def masked_input_chunks_to_proto(
+    header: m.MaskedInputHeader, data: bytes, chunk_bytes: int
+) -> Iterator[fed_pb.MaskedInputChunk]:
+    """The SubmitMaskedInput stream: the header, then the packed vector in slices of at most ``chunk_bytes``."""
+    if chunk_bytes < 1:
+        raise ValueError("chunk_bytes must be >= 1")
+    yield fed_pb.MaskedInputChunk(header=masked_input_header_to_proto(header))
+    for start in range(0, len(data), chunk_bytes):
+        yield fed_pb.MaskedInputChunk(data=data[start : start + chunk_bytes])
+
+
+def masked_input_chunk_from_proto(message: fed_pb.MaskedInputChunk) -> m.MaskedInputHeader | bytes | None:
+    """The stream's header, the next slice of data, or ``None`` for an empty chunk."""
+    kind = message.WhichOneof("kind")
+    if kind == "header":
+        return masked_input_header_from_proto(message.header)
+    if kind == "data":
+        return message.data
+    return None
+
+
+def unmask_request_to_proto(request: m.UnmaskRequest) -> fed_pb.UnmaskRequest:
+    return fed_pb.UnmaskRequest(
+        run_id=request.run_id, round=request.round, shares=[revealed_share_to_proto(x) for x in request.shares]
+    )
+
+
+def unmask_request_from_proto(message: fed_pb.UnmaskRequest) -> m.UnmaskRequest:
+    return m.UnmaskRequest(message.run_id, message.round, tuple(revealed_share_from_proto(x) for x in message.shares))
+
+
+def secure_reply_to_proto(reply: m.SecurePhaseReply) -> fed_pb.SecurePhaseResponse:
+    return fed_pb.SecurePhaseResponse(accepted=reply.accepted, duplicate=reply.duplicate, message=reply.message)
+
+
+def secure_reply_from_proto(message: fed_pb.SecurePhaseResponse) -> m.SecurePhaseReply:
+    return m.SecurePhaseReply(message.accepted, message.duplicate, message.message)
 
 
 def get_model_request_to_proto(request: m.GetModelRequest) -> fed_pb.GetModelRequest:
@@ -690,6 +889,7 @@ def round_status_to_proto(status: m.RoundStatus) -> admin_pb.RoundStatus:
         output_version=status.output_version,
         participants=[participation_to_proto(p) for p in status.participants],
         metrics=dict(status.metrics),
+        message=status.message,
     )
     _set_time(message.closed_at, status.closed_at)
     return message
@@ -706,6 +906,7 @@ def round_status_from_proto(message: admin_pb.RoundStatus) -> m.RoundStatus:
         output_version=message.output_version,
         participants=tuple(participation_from_proto(p) for p in message.participants),
         metrics=dict(message.metrics),
+        message=message.message,
     )
 
 
@@ -912,6 +1113,20 @@ CONVERTERS: dict[type, tuple[Callable[[Any], Any], Callable[[Any], Any], type]] 
     m.TrainTask: (task_to_proto, task_from_proto, fed_pb.Task),
     m.WaitTask: (task_to_proto, task_from_proto, fed_pb.Task),
     m.DoneTask: (task_to_proto, task_from_proto, fed_pb.Task),
+    m.SecureAdvertiseTask: (task_to_proto, task_from_proto, fed_pb.Task),
+    m.SecureShareKeysTask: (task_to_proto, task_from_proto, fed_pb.Task),
+    m.SecureMaskedInputTask: (task_to_proto, task_from_proto, fed_pb.Task),
+    m.SecureUnmaskTask: (task_to_proto, task_from_proto, fed_pb.Task),
+    m.AdvertiseKeysRequest: (
+        advertise_keys_request_to_proto,
+        advertise_keys_request_from_proto,
+        fed_pb.AdvertiseKeysRequest,
+    ),
+    m.ShareKeysRequest: (share_keys_request_to_proto, share_keys_request_from_proto, fed_pb.ShareKeysRequest),
+    m.MaskedInputHeader: (masked_input_header_to_proto, masked_input_header_from_proto, fed_pb.MaskedInputHeader),
+    m.UnmaskRequest: (unmask_request_to_proto, unmask_request_from_proto, fed_pb.UnmaskRequest),
+    m.SecurePhaseReply: (secure_reply_to_proto, secure_reply_from_proto, fed_pb.SecurePhaseResponse),
+    SecureAggregationConfig: (secure_config_to_proto, secure_config_from_proto, pb.SecureAggregationConfig),
     m.GetModelRequest: (get_model_request_to_proto, get_model_request_from_proto, fed_pb.GetModelRequest),
     m.UpdateHeader: (update_header_to_proto, update_header_from_proto, fed_pb.UpdateHeader),
     m.SubmitReply: (submit_reply_to_proto, submit_reply_from_proto, fed_pb.SubmitUpdateResponse),

@@ -49,3 +49,14 @@ def ensemble(
     alpha = entropy_weight(p_f, p_m)
     probs = (1 - alpha).unsqueeze(-1) * p_f + alpha.unsqueeze(-1) * p_m
     return EnsembleOutput(probs, p_f, p_m, alpha)
+
+
+def calibrate_probs(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``softmax(log p / T)``: temperature scaling of a probability vector (docs/design.md §3, calibration).
+
+    ``T = 1`` returns ``probs`` unchanged; ``T > 1`` softens, ``T < 1`` sharpens. The argmax never changes.
+    """
+    if temperature == 1.0:
+        return probs
+    log_probs = torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
+    return torch.softmax(log_probs / temperature, dim=-1)

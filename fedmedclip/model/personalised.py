@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
-from fedmedclip.model.ensemble import EnsembleOutput, ensemble
+from fedmedclip.model.ensemble import EnsembleOutput, calibrate_probs, ensemble
 from fedmedclip.model.fam import build_fam
 from fedmedclip.model.head import DEFAULT_HIDDEN, build_head
 from fedmedclip.model.masked import fold_masks
 
 
 class PersonalisedClassifier:
-    """Predicts with ``p = (1-α) p_F + α p_M`` from raw CLIP image embeddings (eval mode, no gradient)."""
+    """Predicts with ``p = (1-α) p_F + α p_M`` from raw CLIP image embeddings (eval mode, no gradient).
+
+    With a fitted ``temperature`` the returned ``probs`` are calibrated (``softmax(log p / T)``); the
+    components ``zero_shot`` and ``head`` are always as the model computes them.
+    """
 
     def __init__(
         self,
@@ -23,6 +28,7 @@ class PersonalisedClassifier:
         logit_scale: float,
         head_state: dict[str, torch.Tensor] | None = None,
         head_hidden: int = DEFAULT_HIDDEN,
+        temperature: float = 1.0,
     ) -> None:
         if text_prototypes.shape[0] != len(classes):
             raise ValueError(f"{len(classes)} classes but {text_prototypes.shape[0]} text prototypes")
@@ -34,6 +40,9 @@ class PersonalisedClassifier:
         self.head = fold_masks(head) if head is not None else None
         self.text_prototypes = text_prototypes.float()
         self.logit_scale = logit_scale
+        if not (temperature > 0 and temperature != float("inf")):
+            raise ValueError(f"temperature must be a positive number, got {temperature}")
+        self.temperature = temperature  # fitted on the site's validation split; 1.0 = uncalibrated
 
     @property
     def has_head(self) -> bool:
@@ -51,4 +60,7 @@ class PersonalisedClassifier:
         features = features.to(self.text_prototypes.device, torch.float32)
         adapted = self.fam(features)
         logits = self.head(adapted) if self.head is not None else None
-        return ensemble(adapted, self.text_prototypes, self.logit_scale, logits)
+        output = ensemble(adapted, self.text_prototypes, self.logit_scale, logits)
+        if self.temperature == 1.0:
+            return output
+        return replace(output, probs=calibrate_probs(output.probs, self.temperature))

@@ -125,7 +125,9 @@ class SecAggClient:
     """One site's side of one round. Secrets live only in this object, which is dropped after the round."""
 
     site: str
-    params: RoundParams
+    # The round's parameters; a site may advertise before they are fixed (the threshold and modulus depend on
+    # how many sites advertised) and pass them to ``share_keys``.
+    params: RoundParams | None = None
     _channel: keys.KeyPair = field(default_factory=keys.KeyPair.generate, repr=False)
     _mask: keys.KeyPair = field(default_factory=keys.KeyPair.generate, repr=False)
     _seed: bytes = field(default_factory=lambda: secrets.token_bytes(keys.KEY_BYTES), repr=False)
@@ -137,17 +139,25 @@ class SecAggClient:
     def advertise(self) -> AdvertisedKeys:
         return AdvertisedKeys(self.site, self._channel.public, self._mask.public)
 
-    def share_keys(self, advertised: Collection[AdvertisedKeys]) -> list[SealedShares]:
+    def share_keys(
+        self, advertised: Collection[AdvertisedKeys], params: RoundParams | None = None
+    ) -> list[SealedShares]:
         if self._directory is not None:
             raise SecAggError("keys were already shared this round")
+        if params is not None:
+            if self.params is not None and params != self.params:
+                raise SecAggError("the round's parameters changed after this site advertised")
+            self.params = params
+        if self.params is None:
+            raise SecAggError("the round's parameters are unknown")
         directory = Directory(self.params, advertised)
         if directory.keys.get(self.site) != self.advertise():
             raise SecAggError("the key directory does not hold this site's own keys")
         self._directory = directory
         holders = sorted(directory.neighbours[self.site] | {self.site})
         xs = [directory.index[holder] for holder in holders]
-        mask_shares = shamir.split(self._mask.private, self.params.threshold, xs)
-        seed_shares = shamir.split(self._seed, self.params.threshold, xs)
+        mask_shares = shamir.split(self._mask.private, directory.params.threshold, xs)
+        seed_shares = shamir.split(self._seed, directory.params.threshold, xs)
         sealed = []
         for holder, mask_share, seed_share in zip(holders, mask_shares, seed_shares, strict=True):
             if holder == self.site:
@@ -156,17 +166,20 @@ class SecAggClient:
             key = self._channel_key(directory, holder)
             plaintext = mask_share.to_bytes() + seed_share.to_bytes()
             sealed.append(
-                SealedShares(self.site, holder, aead.seal(key, plaintext, _share_ad(self.params, self.site, holder)))
+                SealedShares(
+                    self.site, holder, aead.seal(key, plaintext, _share_ad(directory.params, self.site, holder))
+                )
             )
         return sealed
 
     def masked_input(self, received: Sequence[SealedShares], encoded: np.ndarray) -> np.ndarray:
         """``encoded`` (residues modulo 2^bits, from ``FixedPoint.encode``) under every mask of this site."""
         directory = self._require_directory()
+        params = directory.params
         if self._masked_with is not None:
             raise SecAggError("masked input was already produced this round")
-        if encoded.shape != (self.params.length,):
-            raise SecAggError(f"expected {self.params.length} coordinates, got {encoded.shape}")
+        if encoded.shape != (params.length,):
+            raise SecAggError(f"expected {params.length} coordinates, got {encoded.shape}")
         senders = set()
         for item in received:
             if item.receiver != self.site or item.sender not in directory.neighbours[self.site]:
@@ -174,21 +187,17 @@ class SecAggClient:
             if item.sender in senders:
                 raise SecAggError(f"two sets of shares from {item.sender!r}")
             key = self._channel_key(directory, item.sender)
-            plaintext = aead.open_sealed(key, item.ciphertext, _share_ad(self.params, item.sender, self.site))
+            plaintext = aead.open_sealed(key, item.ciphertext, _share_ad(params, item.sender, self.site))
             half = len(plaintext) // 2
             self._held[item.sender] = (
                 shamir.Share.from_bytes(plaintext[:half]),
                 shamir.Share.from_bytes(plaintext[half:]),
             )
             senders.add(item.sender)
-        masked = add_mod(encoded, _self_mask(self.params, self._seed), self.params.bits)
+        masked = add_mod(encoded, _self_mask(params, self._seed), params.bits)
         for peer in sorted(senders):
-            stream = _pair_mask(self.params, directory.pair_key(self._mask.private, peer))
-            masked = (
-                add_mod(masked, stream, self.params.bits)
-                if self.site < peer
-                else sub_mod(masked, stream, self.params.bits)
-            )
+            stream = _pair_mask(params, directory.pair_key(self._mask.private, peer))
+            masked = add_mod(masked, stream, params.bits) if self.site < peer else sub_mod(masked, stream, params.bits)
         self._masked_with = frozenset(senders)
         return masked
 
@@ -198,9 +207,10 @@ class SecAggClient:
             raise SecAggError("unmask before masked input")
         if self._revealed:
             raise SecAggError("shares were already revealed this round; a second request is refused")
+        threshold = self._require_directory().params.threshold
         alive, gone = set(survivors), set(dropped)
-        if len(alive) < self.params.threshold:
-            raise SecAggError(f"only {len(alive)} survivors; the threshold is {self.params.threshold}")
+        if len(alive) < threshold:
+            raise SecAggError(f"only {len(alive)} survivors; the threshold is {threshold}")
         if alive & gone:
             raise SecAggError("a site cannot both survive and drop")
         if self.site not in alive:
@@ -220,7 +230,7 @@ class SecAggClient:
 
     def _channel_key(self, directory: Directory, peer: str) -> bytes:
         peer_public = directory.keys[peer].channel_public
-        return keys.agree(self._channel.private, peer_public, keys.PURPOSE_SHARES, self.params.context)
+        return keys.agree(self._channel.private, peer_public, keys.PURPOSE_SHARES, directory.params.context)
 
     def _require_directory(self) -> Directory:
         if self._directory is None:

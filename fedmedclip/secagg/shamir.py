@@ -50,24 +50,38 @@ def split(secret: bytes, threshold: int, xs: Sequence[int]) -> list[Share]:
 
 
 def combine(shares: Sequence[Share], threshold: int, length: int) -> bytes:
-    """The ``length``-byte secret from at least ``threshold`` shares (Lagrange interpolation at 0)."""
+    """The ``length``-byte secret from at least ``threshold`` shares (Lagrange interpolation at 0).
+
+    Shares beyond the threshold are checked against the polynomial the first ``threshold`` define, so a
+    corrupted or forged share is refused (``ValueError``) instead of silently giving a wrong secret.
+    """
     points = {share.x: share.y for share in shares}
     if len(points) != len(shares):
         raise ValueError("duplicate share indices")
     if len(points) < threshold:
         raise ValueError(f"{len(points)} shares cannot recover a secret shared with threshold {threshold}")
-    chosen = list(points.items())[:threshold]
-    secret = 0
-    for i, (x_i, y_i) in enumerate(chosen):
-        numerator, denominator = 1, 1
-        for j, (x_j, _) in enumerate(chosen):
-            if i != j:
-                numerator = numerator * -x_j % PRIME
-                denominator = denominator * (x_i - x_j) % PRIME
-        secret = (secret + y_i * numerator * pow(denominator, -1, PRIME)) % PRIME
+    items = list(points.items())
+    chosen, extra = items[:threshold], items[threshold:]
+    for x, y in extra:
+        if _interpolate(chosen, x) != y:
+            raise ValueError(f"share {x} does not lie on the polynomial of the others: a share is corrupt")
+    secret = _interpolate(chosen, 0)
     if secret >= 1 << (8 * length):
         raise ValueError("the shares do not belong to one secret of this length")
     return secret.to_bytes(length, "big")
+
+
+def _interpolate(points: Sequence[tuple[int, int]], at: int) -> int:
+    """The value at ``at`` of the polynomial of degree len(points) − 1 through ``points`` (Lagrange)."""
+    value = 0
+    for i, (x_i, y_i) in enumerate(points):
+        numerator, denominator = 1, 1
+        for j, (x_j, _) in enumerate(points):
+            if i != j:
+                numerator = numerator * (at - x_j) % PRIME
+                denominator = denominator * (x_i - x_j) % PRIME
+        value = (value + y_i * numerator * pow(denominator, -1, PRIME)) % PRIME
+    return value
 
 
 def _evaluate(coefficients: Sequence[int], x: int) -> int:

@@ -27,9 +27,14 @@ def prototype_contrastive_loss(
     return F.cross_entropy(logit_scale * adapted @ text_prototypes.T, labels)
 
 
-def _kl_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``KL(p‖q) = Σ p log(p/q)`` over dim 0 (the batch), one value per column."""
-    return (p * (torch.log(p.clamp_min(_EPS)) - torch.log(q.clamp_min(_EPS)))).sum(dim=0)
+def _kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """``KL(p‖q) = Σ p (log p - log q)`` over dim 0 (the batch), one value per column, from log-probabilities.
+
+    Working in log space keeps the term exact for any logit spread: clamping probabilities at a floor
+    (as an earlier version did) underestimates it once a column's logits spread by more than about 55
+    and gives the clamped entries no gradient.
+    """
+    return (log_p.exp() * (log_p - log_q)).sum(dim=0)
 
 
 def kd_balance(cosines: torch.Tensor, head_logits: torch.Tensor, logit_scale: float) -> torch.Tensor:
@@ -53,7 +58,7 @@ def adaptive_kd_loss(
     ``L = (1/C) Σ_c [ϖ·KL(Q_c‖P_c) + (1-ϖ)·KL(P_c‖Q_c)]``.
     """
     balance = kd_balance(cosines, head_logits, logit_scale)
-    p = torch.softmax(cosines / temperature, dim=0)
-    q = torch.softmax(head_logits / temperature, dim=0)
-    per_class = balance * _kl_divergence(q, p) + (1 - balance) * _kl_divergence(p, q)
+    log_p = torch.log_softmax(cosines / temperature, dim=0)
+    log_q = torch.log_softmax(head_logits / temperature, dim=0)
+    per_class = balance * _kl_divergence(log_q, log_p) + (1 - balance) * _kl_divergence(log_p, log_q)
     return per_class.mean()

@@ -42,6 +42,28 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     return total
 
 
+def reliability_bins(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 10) -> list[dict[str, float]]:
+    """Per equal-width bin of top-class ``confidence``: mean confidence, accuracy (mean of ``correct``, 0/1)
+    and count; the reliability diagram's data. Takes confidences, not probabilities, so that samples from
+    sites with different label spaces can be pooled."""
+    confidence, correct = confidence.float().cpu(), correct.float().cpu()
+    edges = torch.linspace(0, 1, bins + 1)
+    out = []
+    for low, high in itertools.pairwise(edges):
+        in_bin = (confidence > low) & (confidence <= high)
+        count = int(in_bin.sum())
+        out.append(
+            {
+                "low": float(low),
+                "high": float(high),
+                "confidence": float(confidence[in_bin].mean()) if count else float("nan"),
+                "accuracy": float(correct[in_bin].mean()) if count else float("nan"),
+                "count": float(count),
+            }
+        )
+    return out
+
+
 def ensemble_report(output: EnsembleOutput, labels: torch.Tensor) -> dict[str, float]:
     """Accuracy of each component and of the mix, with macro-F1 and ECE of the mix."""
     labels = labels.to(output.probs.device)

@@ -21,6 +21,18 @@
 
   function setStatus(message) { $("status").textContent = message; }
 
+  // The server decides when a model does not deserve trust (random-init backbone, uncalibrated bundle);
+  // the page shows its reason in a banner that stays above everything while that site is selected.
+  const warnings = new Map();
+  function showWarning(message) {
+    $("clinical-warning-text").textContent = message || "";
+    $("clinical-warning").hidden = !message;
+  }
+  function selectedSiteChanged() {
+    showWarning(warnings.get(siteSelect.value));
+    updateButton();
+  }
+
   async function call(url, options) {
     const response = await fetch(url, { ...options, headers: { ...headers(), ...(options && options.headers) } });
     let body = null;
@@ -42,16 +54,19 @@
     try {
       const body = await call("/v1/sites");
       siteSelect.replaceChildren();
+      warnings.clear();
       const ready = body.sites.filter((s) => s.ready);
       for (const site of body.sites) {
         const option = document.createElement("option");
         option.value = site.site;
         option.textContent = site.ready ? `${site.site} (${site.classes.length} classes)` : `${site.site} (no model yet)`;
         option.disabled = !site.ready;
+        if (site.warning) warnings.set(site.site, site.warning);
         siteSelect.append(option);
       }
       if (ready.length) siteSelect.value = ready[0].site;
       siteSelect.disabled = body.sites.length === 0;
+      showWarning(warnings.get(siteSelect.value));
       setStatus(ready.length ? `${ready.length} site(s) ready.` : "No site has a model yet.");
     } catch (error) {
       setStatus("");
@@ -80,6 +95,11 @@
     $("result-site").textContent = body.site;
     $("version").textContent = body.bundle_version;
     $("fam-version").textContent = String(body.fam_version);
+    showWarning(body.warning);
+    $("ensemble-heading").textContent = body.calibrated ? "Ensemble (calibrated)" : "Ensemble (uncalibrated)";
+    $("calibration-note").textContent = body.calibrated
+      ? "Probabilities calibrated on this site's validation images."
+      : "Probabilities are NOT calibrated: read them as scores, not as chances.";
     $("contrib-zero-shot").textContent = pct(result.contributions.zero_shot);
     $("contrib-head").textContent = result.head ? pct(result.contributions.head) : "no private head";
     $("split-zero-shot").style.width = pct(result.contributions.zero_shot);
@@ -133,7 +153,7 @@
 
   $("connect").addEventListener("click", loadSites);
   keyInput.addEventListener("keydown", (e) => { if (e.key === "Enter") loadSites(); });
-  siteSelect.addEventListener("change", updateButton);
+  siteSelect.addEventListener("change", selectedSiteChanged);
   fileInput.addEventListener("change", updateButton);
   $("predict-form").addEventListener("submit", predict);
   if (keyInput.value) loadSites();

@@ -161,8 +161,89 @@ def test_zero_usable_images_and_missing_root_are_refused_clearly(tmp_path: Path)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "scan.txt").write_text("x")
-    with pytest.raises(DatasetError, match=r"no images .*\(1 files skipped, e.g. scan.txt"):
+    with pytest.raises(DatasetError, match=r"no images .*\(3 entries skipped, e.g. scan.txt"):
         load_site_images(data("imagefolder", tmp_path))
     (tmp_path / "dcm").mkdir()
     with pytest.raises(DatasetError, match="no DICOM files"):
         load_site_images(data("dicom", tmp_path))
+
+
+# --- the defects of issue 17: each test fails on the adapters as they were ---------------------------------
+
+
+def test_empty_and_macos_folders_are_not_classes_and_are_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for index in range(2):
+        png(tmp_path / "benign" / f"b{index}.png")
+        png(tmp_path / "malignant" / f"m{index}.png", (40, 40, 40))
+    (tmp_path / "empty_class").mkdir()
+    png(tmp_path / "__MACOSX" / "benign" / "._b0.png")
+    images = load_site_images(data("imagefolder", tmp_path))
+    assert images.classes == ["benign", "malignant"]
+    with caplog.at_level(logging.WARNING, logger="hospital_agent.data"):
+        report_skipped(images.skipped, "site-x")
+    logged = {
+        getattr(record, "fields", {}).get("path"): getattr(record, "fields", {}).get("reason")
+        for record in caplog.records
+    }
+    assert "not a class" in str(logged[str(tmp_path / "empty_class")])
+    assert logged[str(tmp_path / "__MACOSX")] == "hidden or system entry ignored"
+
+    dicom_file(tmp_path / "dcm" / "a" / "1.dcm")
+    dicom_file(tmp_path / "dcm" / "b" / "2.dcm")
+    (tmp_path / "dcm" / "empty").mkdir()
+    (tmp_path / "dcm" / "__MACOSX").mkdir()
+    scanned = load_site_images(data("dicom", tmp_path / "dcm"))
+    assert scanned.classes == ["a", "b"]
+    assert {p.name for p, _ in scanned.skipped} == {"empty", "__MACOSX"}
+
+
+def test_csv_manifest_accepts_dicom_rows_and_refuses_conflicting_labels(tmp_path: Path) -> None:
+    dicom_file(tmp_path / "pacs" / "1.dcm")
+    dicom_file(tmp_path / "pacs" / "1.2.840.113619.2.55.3")  # UID-named export: found by its DICM marker
+    png(tmp_path / "img" / "a.png")
+    png(tmp_path / "img" / "b.png")
+    with (tmp_path / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        writer.writerows(
+            [
+                ["pacs/1.dcm", "normal"],
+                ["pacs/1.2.840.113619.2.55.3", "pneumonia"],
+                ["img/a.png", "normal"],
+                ["img/b.png", "normal"],
+                ["img/b.png", "pneumonia"],  # the same file, another label
+            ]
+        )
+    images = load_site_images(data("csv", tmp_path))
+    assert sorted(r.path.name for r in images.records) == ["1.2.840.113619.2.55.3", "1.dcm", "a.png"]
+    conflicts = [reason for path, reason in images.skipped if path.name == "b.png"]
+    assert len(conflicts) == 2
+    assert all("different labels ('normal' on line 5, 'pneumonia' on line 6)" in reason for reason in conflicts)
+
+
+def test_isic_images_without_metadata_are_reported_and_nested_images_are_found(tmp_path: Path) -> None:
+    write_isic(tmp_path)
+    # An image with a ground-truth row but no metadata row, and one image moved into a sub-folder.
+    with (tmp_path / GROUND_TRUTH_FILE).open("a", newline="") as handle:
+        csv.writer(handle).writerow(["ISIC_0000009", *("1.0" if c == "MEL" else "0.0" for c in LABEL_CODES)])
+    png(tmp_path / IMAGE_DIR / "ISIC_0000009.jpg")
+    nested = tmp_path / IMAGE_DIR / "batch-2"
+    nested.mkdir()
+    (tmp_path / IMAGE_DIR / "ISIC_0000003.jpg").rename(nested / "ISIC_0000003.jpg")
+    images = load_site_images(data("isic2019", tmp_path, anatomical_site="head/neck"))
+    assert sorted(r.path.stem for r in images.records) == ["ISIC_0000001", "ISIC_0000002", "ISIC_0000003"]
+    reasons = {p.name: r for p, r in images.skipped}
+    assert "not assigned to any anatomical site" in reasons["ISIC_0000009.jpg"]
+
+
+def test_dicom_without_the_preamble_is_recognised_and_decoded(tmp_path: Path) -> None:
+    from fedmedclip.data.images import load_image
+
+    full = dicom_file(tmp_path / "with.dcm").read_bytes()
+    bare = tmp_path / "b" / "1.2.840.1"
+    bare.parent.mkdir()
+    bare.write_bytes(full[132:])  # no 128-byte preamble, no "DICM": what some PACS tools write
+    assert is_dicom_file(bare)
+    assert load_image(bare).mode == "RGB"

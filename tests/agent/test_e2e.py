@@ -22,6 +22,7 @@ from fedmedclip.data.imagefolder import scan_imagefolder
 from fedmedclip.data.splits import split_indices
 from fedmedclip.data.synth import SynthSummary
 from fedmedclip.rpc.v1 import admin_pb2
+from fedmedclip.training.calibration import MIN_SAMPLES
 from hospital_agent.state import StateStore
 from tests.agent.conftest import REPO, Aggregator, child_env, run_completed, tiny_run, write_agent_config
 
@@ -45,6 +46,11 @@ def majority_rate(site_dir: Path) -> float:
     images = scan_imagefolder(site_dir)
     val = [images.labels[i] for i in split_indices(images.labels, seed=0).val]
     return Counter(val).most_common(1)[0][1] / len(val)
+
+
+def validation_size(site_dir: Path) -> int:
+    images = scan_imagefolder(site_dir)
+    return len(split_indices(images.labels, seed=0).val)
 
 
 def run_done(state_dir: Path) -> bool:
@@ -107,3 +113,8 @@ def test_three_agents_one_killed_and_restarted(aggregator: Aggregator, synth_sit
         chance = majority_rate(synth_sites.site_dir(site))
         assert bundle.metrics["majority_acc"] == pytest.approx(chance)
         assert bundle.metrics["ensemble_acc"] > chance, (site, bundle.metrics)
+        # The agent fits the ensemble's temperature on its validation split when it has enough images.
+        if validation_size(synth_sites.site_dir(site)) >= MIN_SAMPLES:
+            assert bundle.calibration is not None and bundle.calibration.samples == validation_size(
+                synth_sites.site_dir(site)
+            )

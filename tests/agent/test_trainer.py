@@ -111,3 +111,49 @@ def test_backbone_checks(tiny_backbone: Backbone) -> None:
         check_backbone(tiny_backbone, pinned)
     with pytest.raises(IncompatibleRunError, match="FAM width is 32"):
         check_backbone(tiny_backbone, tiny_run(embed_dim=32))
+
+
+def test_the_published_bundle_carries_a_temperature_fitted_on_validation(
+    tmp_path: Path, tiny_backbone: Backbone
+) -> None:
+    from fedmedclip.bundle import read_current
+    from fedmedclip.model.ensemble import calibrate_probs
+    from fedmedclip.model.personalised import PersonalisedClassifier
+    from fedmedclip.training.calibration import MIN_SAMPLES
+    from hospital_agent.publish import publish_bundle
+    from hospital_agent.trainer import fit_calibration
+    from tests.bundle.factory import CLASSES, HEAD_HIDDEN, train_site
+
+    result, prototypes = train_site(tiny_backbone)
+    generator = torch.Generator().manual_seed(5)
+    features = torch.randn(60, tiny_backbone.embed_dim, generator=generator)
+    labels = torch.arange(60) % len(CLASSES)
+    args = (CLASSES, prototypes, tiny_backbone.logit_scale, result.fam_state, result.head_state, HEAD_HIDDEN)
+    calibration = fit_calibration(features, labels, *args)
+    assert calibration is not None and calibration.samples == 60 and calibration.nll_after <= calibration.nll_before
+    assert fit_calibration(features[: MIN_SAMPLES - 1], labels[: MIN_SAMPLES - 1], *args) is None
+
+    from fedmedclip.bundle import BackboneRecord
+
+    publish_bundle(
+        tmp_path,
+        "s",
+        backbone=BackboneRecord.of(tiny_backbone),
+        classes=CLASSES,
+        prompts=("a photo of {class}",),
+        prototypes=prototypes,
+        fam=result.fam_state,
+        fam_version=2,
+        head=result.head_state,
+        head_hidden=HEAD_HIDDEN,
+        metrics={},
+        keep=2,
+        calibration=calibration,
+    )
+    served = read_current(tmp_path, "s")
+    assert served.calibration == calibration
+    raw = PersonalisedClassifier(
+        CLASSES, result.fam_state, prototypes, tiny_backbone.logit_scale, result.head_state, HEAD_HIDDEN
+    )
+    expected = calibrate_probs(raw.predict(features).probs, calibration.temperature)
+    assert torch.allclose(served.classifier().predict(features).probs, expected, atol=1e-6)

@@ -120,6 +120,15 @@ def _base_requests(run_id: str) -> dict[str, tuple[str, Message]]:
         "GetModel": ("site", federation_pb2.GetModelRequest(version=1)),
         "SubmitUpdate": ("site", federation_pb2.UpdateChunk(header=header)),
         "Heartbeat": ("site", federation_pb2.HeartbeatRequest(run_id=run_id, round=1)),
+        "AdvertiseKeys": ("site", federation_pb2.AdvertiseKeysRequest(run_id=run_id, round=1)),
+        "ShareKeys": ("site", federation_pb2.ShareKeysRequest(run_id=run_id, round=1)),
+        "SubmitMaskedInput": (
+            "site",
+            federation_pb2.MaskedInputChunk(
+                header=federation_pb2.MaskedInputHeader(run_id=run_id, round=1, sha256="0" * 64, total_bytes=100)
+            ),
+        ),
+        "Unmask": ("site", federation_pb2.UnmaskRequest(run_id=run_id, round=1)),
         "StartRun": ("admin", admin_pb2.StartRunRequest(config=config)),
         "StopRun": ("admin", admin_pb2.StopRunRequest(run_id="nope")),
         "ListRuns": ("admin", admin_pb2.ListRunsRequest()),
@@ -135,7 +144,7 @@ def _base_requests(run_id: str) -> dict[str, tuple[str, Message]]:
 def _caller(world: dict[str, Any], service: str, method: str) -> Callable[[Message], Any]:
     stub, metadata = (world["site"], world["site_md"]) if service == "site" else (world["admin"], world["admin_md"])
     rpc = getattr(stub, method)
-    if method == "SubmitUpdate":
+    if method in ("SubmitUpdate", "SubmitMaskedInput"):
         return lambda request: rpc(iter([request]), metadata=metadata, timeout=TIMEOUT)
     if method in ("GetModel", "ExportVersion"):
         return lambda request: list(rpc(request, metadata=metadata, timeout=TIMEOUT))

@@ -101,3 +101,22 @@ def test_bad_run_files_are_refused_by_name(text: str, message: str) -> None:
     backbone = {"model": "RN50"} if "backbone" in text else None
     with pytest.raises(ValueError, match=message):
         run_config_from_yaml(text, backbone_overrides=backbone, source="run.yaml")
+
+
+def test_secure_aggregation_flows_from_yaml_to_the_wire_and_refuses_nonsense() -> None:
+    text = """
+embed_dim: 64
+min_sites: 3
+secure_aggregation: {enabled: true, threshold: 3, degree: all, clip_norm: 2.5, weight_cap: 8, row_fraction: 0.5}
+"""
+    config = run_config_from_yaml(text)
+    secure = config.secure_aggregation
+    assert (secure.enabled, secure.threshold, secure.degree, secure.weight_cap) == (True, 3, "all", 8)
+    assert run_config_from_proto(run_config_to_proto(config)) == config
+    assert RunConfig.from_dict(config.to_dict()) == config
+    assert not RunConfig(embed_dim=8).secure_aggregation.enabled  # off by default
+    assert not run_config_to_proto(RunConfig(embed_dim=8)).HasField("secure_aggregation")
+    with pytest.raises(ValueError, match="unknown secure_aggregation settings: bits"):
+        run_config_from_yaml("embed_dim: 8\nsecure_aggregation: {enabled: true, bits: 20}")
+    with pytest.raises(ValueError, match="degree must be"):
+        run_config_from_yaml("embed_dim: 8\nsecure_aggregation: {degree: many}")

@@ -9,12 +9,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fedmedclip.model.backbone import Backbone, BackboneSpec
+from fedmedclip.training.calibration import Calibration
 from inference_api.app import create_app
 from inference_api.keys import hash_key
 from inference_api.settings import ApiKeyConfig, ApiSettings
 from tests.bundle.factory import publish
 
 SITE_B_CLASSES = ("normal", "pneumonia")
+SITE_B_CALIBRATION = Calibration(
+    temperature=1.7, samples=40, ece_before=0.21, ece_after=0.06, nll_before=0.9, nll_after=0.6
+)
 KEYS = {"a": "fmc_test-key-site-a", "b": "fmc_test-key-site-b", "all": "fmc_test-key-all-sites"}
 MAX_IMAGES = 4
 MAX_BYTES = 1024 * 1024
@@ -29,9 +33,19 @@ def key_configs() -> list[ApiKeyConfig]:
 
 
 def populate(root: Path, backbone: Backbone) -> None:
-    """site-a (3 classes), site-b (2 classes, another head), site-empty (a folder, no bundle yet)."""
+    """site-a (3 classes, uncalibrated), site-b (2 classes, another head, calibrated), site-empty (a folder,
+    no bundle yet)."""
     publish(root, "site-a", backbone, version="v0001", fam_version=4)
-    publish(root, "site-b", backbone, version="v0001", classes=SITE_B_CLASSES, seed=1, fam_version=4)
+    publish(
+        root,
+        "site-b",
+        backbone,
+        version="v0001",
+        classes=SITE_B_CLASSES,
+        seed=1,
+        fam_version=4,
+        calibration=SITE_B_CALIBRATION,
+    )
     (root / "site-empty").mkdir()
 
 

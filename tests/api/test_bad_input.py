@@ -110,5 +110,7 @@ def test_site_without_a_bundle_yet(client):
 
 
 def test_unknown_route_and_method_are_json_too(client):
-    assert_error(client.get("/v2/nothing"), 404, "not_found")
+    assert_error(client.get("/v3/nothing"), 404, "not_found")
+    # Under /v2 (the Open Inference Protocol) the body is the protocol's {"error": <message>}.
+    assert client.get("/v2/nothing").json() == {"error": "Not Found"}
     assert_error(client.get(PREDICT, headers=auth()), 405, "method_not_allowed")

@@ -124,3 +124,46 @@ def test_under_load_a_batch_waits_briefly_for_latecomers_but_a_lone_stream_never
         assert encoder.sizes == [2, 2]  # the latecomer joined the batch instead of running alone
 
     asyncio.run(scenario())
+
+
+class CountingClassifier(PersonalisedClassifier):
+    """Counts the classifier passes; otherwise the real thing."""
+
+    calls = 0
+
+    def predict(self, features: torch.Tensor):  # type: ignore[no-untyped-def]
+        type(self).calls += 1
+        return super().predict(features)
+
+
+def test_requests_of_two_sites_in_one_batch_get_their_own_classifier_in_one_pass_each():
+    def make(seed: int) -> PersonalisedClassifier:
+        generator = torch.Generator().manual_seed(seed)
+        prototypes = torch.nn.functional.normalize(torch.randn(3, DIM, generator=generator), dim=-1)
+        return CountingClassifier(["a", "b", "c"], fam_state(build_fam(DIM)), prototypes, 10.0)
+
+    async def scenario() -> None:
+        encoder = GatedEncoder()
+        batcher = MicroBatcher(encoder, max_batch=16)
+        await batcher.start()
+        site_a, site_b = make(1), make(2)
+        first = asyncio.create_task(batcher.run(torch.randn(1, 3, 2, 2), site_a))
+        await asyncio.sleep(0.05)
+        inputs = [(torch.randn(size, 3, 2, 2), (site_a, site_b)[i % 2]) for i, size in enumerate((2, 1, 1, 3, 1))]
+        tasks = [asyncio.create_task(batcher.run(pixels, classifier)) for pixels, classifier in inputs]
+        await asyncio.sleep(0.05)
+        CountingClassifier.calls = 0
+        encoder.release.set()
+        await first
+        outputs = await asyncio.gather(*tasks)
+        await batcher.stop()
+        assert encoder.sizes == [1, 8]
+        passes = CountingClassifier.calls
+        for (pixels, classifier), output in zip(inputs, outputs, strict=True):
+            expected = classifier.predict(pixels.flatten(1)[:, :DIM] * 3)
+            assert output.probs.shape == expected.probs.shape
+            assert torch.allclose(output.probs, expected.probs, atol=1e-6)
+            assert torch.allclose(output.alpha, expected.alpha, atol=1e-6)
+        assert passes == 1 + 2  # the first batch, then one pass per site for the five queued requests
+
+    asyncio.run(scenario())

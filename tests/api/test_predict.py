@@ -69,3 +69,48 @@ def test_site_detail_shows_classes_versions_and_manifest_metrics(client):
     assert body["current"] == body["version"] == "v0001" and body["fam_version"] == 4
     assert set(body["metrics"]) == {"loss", "train_samples"} and body["has_head"]
     assert body["last_error"] is None
+
+
+def test_calibrated_probabilities_and_the_not_for_clinical_use_warning(client, bundle_root, tiny_backbone):
+    from fedmedclip.model.ensemble import calibrate_probs
+    from tests.api.conftest import SITE_B_CALIBRATION
+
+    data = png_bytes(colour=(200, 40, 90))
+    body = client.post("/v1/sites/site-b/predict", headers=auth("b"), files=files(("x.png", data))).json()
+    assert body["calibrated"] is True
+    # Calibrated: the served p is softmax(log p_mix / T) of the raw mixture, not the mixture itself.
+    prediction = body["predictions"][0]
+    alpha = prediction["alpha"]
+    raw = torch.tensor(
+        [(1 - alpha) * prediction["zero_shot"][c] + alpha * prediction["head"][c] for c in SITE_B_CLASSES]
+    )
+    served = torch.tensor([prediction["probabilities"][c] for c in SITE_B_CLASSES])
+    assert torch.allclose(served, calibrate_probs(raw.unsqueeze(0), SITE_B_CALIBRATION.temperature)[0], atol=1e-5)
+    # The tiny test backbone is random-init: every answer says so, calibrated or not.
+    assert body["warning"].startswith("Not for clinical use") and "randomly initialised" in body["warning"]
+    assert "not calibrated" not in body["warning"]
+    plain = client.post("/v1/sites/site-a/predict", headers=auth("a"), files=files(("x.png", data))).json()
+    assert plain["calibrated"] is False and "not calibrated" in plain["warning"]
+
+    listed = {s["site"]: s for s in client.get("/v1/sites", headers=auth("all")).json()["sites"]}
+    assert listed["site-b"]["calibrated"] and listed["site-b"]["random_init_backbone"]
+    assert listed["site-empty"]["warning"] is None
+    detail = client.get("/v1/sites/site-b", headers=auth("b")).json()
+    assert detail["calibration"]["temperature"] == SITE_B_CALIBRATION.temperature
+    assert detail["calibration"]["ece_after"] == SITE_B_CALIBRATION.ece_after
+
+
+def test_a_pretrained_calibrated_bundle_carries_no_warning(bundle_root):
+    import dataclasses
+
+    from fedmedclip.bundle import read_current
+    from inference_api.service import clinical_warning
+
+    bundle = read_current(bundle_root, "site-b")
+    pretrained = dataclasses.replace(
+        bundle,
+        backbone=dataclasses.replace(bundle.backbone, spec=dataclasses.replace(bundle.backbone.spec, weights="openai")),
+    )
+    assert clinical_warning(pretrained) is None
+    uncalibrated = dataclasses.replace(pretrained, calibration=None)
+    assert clinical_warning(uncalibrated) == "Not for clinical use: the probabilities are not calibrated."

@@ -167,9 +167,22 @@ def test_the_page_classifies_an_uploaded_image(server, tmp_path):
             page.click("#connect")
             expect(page.locator("#error")).to_contain_text("invalid API key")
 
+            page.fill("#api-key", KEYS["all"])
+            page.click("#connect")
+            expect(page.locator("#site")).to_have_value("site-a")
+            # Random-init backbone and an uncalibrated bundle: the banner says both.
+            banner = page.locator("#clinical-warning")
+            expect(banner).to_be_visible()
+            expect(banner).to_contain_text("NOT FOR CLINICAL USE")
+            expect(banner).to_contain_text("not calibrated")
+
             page.fill("#api-key", KEYS["b"])
             page.click("#connect")
             expect(page.locator("#site")).to_have_value("site-b")
+            # site-b is calibrated, but the backbone is still random-init: the banner stays, for that reason.
+            expect(banner).to_be_visible()
+            expect(banner).to_contain_text("randomly initialised")
+            expect(banner).not_to_contain_text("not calibrated")
             page.set_input_files("#file", str(image))
             page.click("#classify")
             expect(page.locator("#result")).to_be_visible()
@@ -182,6 +195,8 @@ def test_the_page_classifies_an_uploaded_image(server, tmp_path):
             assert all(s.endswith("%") for s in shares)
             assert abs(sum(float(s.rstrip("%")) for s in shares) - 100) < 0.2
             expect(page.locator("#error")).to_be_hidden()
+            expect(page.locator("#ensemble-heading")).to_have_text("Ensemble (calibrated)")
+            expect(banner).to_be_visible()
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         finally:
             browser.close()

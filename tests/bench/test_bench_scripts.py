@@ -59,6 +59,9 @@ def test_run_all_collects_everything_into_latest(bench, shared):
     # What the inference API and aggregator benchmarks write.
     (results / "p4.json").write_text(json.dumps({"p4_predict_p50_ratio": 1.05, "p4_batch_throughput_ratio": 0.7}))
     (results / "p5.json").write_text(json.dumps({"p5_round_close_ms": 80}))
+    (results / "p8.json").write_text(
+        json.dumps({"p8_secagg_upload_bytes": 250000, "p8_secagg_round_overhead_100_sites": 2.5})
+    )
     latest = bench("run_all").main(["--collect-only", "--results", str(results)])
     written = json.loads((results / "latest.json").read_text())
     assert set(TOP_LEVEL_KEYS) | {"machine"} <= set(written)
@@ -70,6 +73,17 @@ def test_run_all_collects_everything_into_latest(bench, shared):
     table = (results / "latest.md").read_text()
     assert "| P5 round close, 100 sites | ≤ 200 ms | 80 ms | yes |" in table
     assert "| P4 batched / raw batch-32 throughput | ≥ 80% | 70.0% | no |" in table
+
+
+def test_p8_quick_sums_exactly_and_reports_bytes_and_scaling(bench, tmp_path):
+    out = tmp_path / "p8.json"
+    data = bench("p8_secagg").main(["--quick", "--out", str(out)])  # asserts the unmasked sum is exact
+    assert json.loads(out.read_text()) == json.loads(json.dumps(data))
+    rows = {row["sites"]: row for row in data["rounds"]}
+    assert set(rows) == {3, 10} and rows[10]["bits"] > rows[3]["bits"]
+    assert all(row["upload_bytes"] > row["masked_input_bytes"] > 0 and row["overhead"] > 0 for row in rows.values())
+    assert data["p8_secagg_upload_bytes"] is None  # only the 100-site run sets the headline figures
+    assert [row["auto"]["degree"] for row in data["scaling"]] == [7, 12]
 
 
 def test_missing_figures_read_as_not_measured(bench, tmp_path):

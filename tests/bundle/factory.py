@@ -11,6 +11,7 @@ from fedmedclip.bundle import Bundle, write_bundle
 from fedmedclip.model.backbone import Backbone
 from fedmedclip.model.fam import build_fam, fam_state
 from fedmedclip.model.prompts import DEFAULT_TEMPLATES
+from fedmedclip.training.calibration import Calibration
 from fedmedclip.training.config import TrainConfig
 from fedmedclip.training.local_round import RoundResult, train_local_round
 
@@ -61,6 +62,7 @@ def publish(
     version: str | None = None,
     with_head: bool = True,
     make_current: bool = True,
+    calibration: Calibration | None = None,
 ) -> Bundle:
     """Train and publish one bundle version the way the agent will."""
     result, prototypes = train_site(backbone, classes, seed)
@@ -78,4 +80,5 @@ def publish(
         metrics={"loss": result.metrics["loss"], "train_samples": float(result.num_samples)},
         version=version,
         make_current=make_current,
+        calibration=calibration,
     )

@@ -221,3 +221,44 @@ def _edit_manifest(folder: Path, **changes: object) -> None:
     manifest = json.loads(path.read_text())
     manifest.update(changes)
     path.write_text(json.dumps(manifest))
+
+
+def test_calibration_round_trips_and_the_classifier_returns_calibrated_probabilities(tmp_path, tiny_backbone):
+    from fedmedclip.model.ensemble import calibrate_probs
+    from fedmedclip.training.calibration import Calibration
+
+    fitted = Calibration(temperature=2.5, samples=40, ece_before=0.2, ece_after=0.05, nll_before=1.2, nll_after=0.9)
+    plain = publish(tmp_path, "site-a", tiny_backbone, version="v1")
+    calibrated = publish(tmp_path, "site-a", tiny_backbone, version="v2", calibration=fitted)
+    manifest = json.loads((tmp_path / "site-a" / "v2" / MANIFEST_FILE).read_text())
+    assert manifest["calibration"]["temperature"] == 2.5 and manifest["calibration"]["ece_before"] == 0.2
+    assert read_bundle(tmp_path / "site-a" / "v2").calibration == fitted
+    assert plain.calibration is None and plain.temperature == 1.0
+    features = torch.randn(5, tiny_backbone.embed_dim)
+    raw = plain.classifier().predict(features).probs
+    served = calibrated.classifier().predict(features).probs
+    assert torch.allclose(served, calibrate_probs(raw, 2.5), atol=1e-6)
+    assert torch.equal(served.argmax(-1), raw.argmax(-1))
+
+
+def test_a_bundle_written_before_calibration_existed_still_loads(tmp_path, tiny_backbone):
+    publish(tmp_path, "site-a", tiny_backbone, version="v1")
+    path = tmp_path / "site-a" / "v1" / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    del manifest["calibration"]
+    path.write_text(json.dumps(manifest))
+    loaded = read_bundle(tmp_path / "site-a" / "v1")
+    assert loaded.calibration is None and loaded.temperature == 1.0
+
+
+def test_a_manifest_with_a_bad_temperature_is_refused(tmp_path, tiny_backbone):
+    from fedmedclip.training.calibration import Calibration
+
+    fitted = Calibration(temperature=2.0, samples=40, ece_before=0.2, ece_after=0.05, nll_before=1.2, nll_after=0.9)
+    publish(tmp_path, "site-a", tiny_backbone, version="v1", calibration=fitted)
+    path = tmp_path / "site-a" / "v1" / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["calibration"]["temperature"] = -1.0
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="calibration is invalid"):
+        read_bundle(tmp_path / "site-a" / "v1")

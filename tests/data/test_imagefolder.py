@@ -48,9 +48,33 @@ def test_skipped_files_are_reported_with_reasons(tree: Path) -> None:
     skipped = {path.relative_to(tree).as_posix(): reason for path, reason in scan_imagefolder(tree).skipped}
     assert skipped == {
         "malignant/notes.txt": "not an image suffix (.txt)",
-        "malignant/.DS_Store": "hidden file",
+        "malignant/.DS_Store": "hidden or system entry ignored",
+        "malignant/.ipynb_checkpoints": "hidden or system entry ignored",
+        ".trash": "hidden or system entry ignored",
         "stray.png": "not inside a class folder",
     }
+
+
+def test_empty_and_system_folders_never_become_classes(tree: Path) -> None:
+    (tree / "empty_class").mkdir()
+    (tree / "only_notes").mkdir()
+    (tree / "only_notes" / "readme.txt").write_text("no images here")
+    _image(tree / "__MACOSX" / "benign" / "._b0.png")
+    (tree / "Thumbs.db").write_bytes(b"x")
+    found = scan_imagefolder(tree)
+    assert found.classes == ["benign", "malignant"]
+    skipped = {path.relative_to(tree).as_posix(): reason for path, reason in found.skipped}
+    assert skipped["empty_class"] == "folder has no usable file, so it is not a class"
+    assert skipped["only_notes"] == "folder has no usable file, so it is not a class"
+    assert skipped["__MACOSX"] == "hidden or system entry ignored"
+    assert skipped["Thumbs.db"] == "hidden or system entry ignored"
+
+
+def test_an_explicitly_named_empty_class_stays_in_the_label_space(tree: Path) -> None:
+    (tree / "rare").mkdir()
+    found = scan_imagefolder(tree, classes=["benign", "malignant", "rare"])
+    assert found.classes == ["benign", "malignant", "rare"]
+    assert found.class_counts()["rare"] == 0
 
 
 def test_explicit_classes_fix_label_order_and_ignore_other_folders(tree: Path) -> None:

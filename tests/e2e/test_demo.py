@@ -32,13 +32,25 @@ def test_demo_runs_the_federation_and_reports_every_site(tmp_path: Path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["backbone"] == {"name": "fedmedclip-tiny", "weights": "random", "pretrained": False}
-    assert report["rounds"] == 2
+    assert report["rounds_configured"] == 2
+    # The per-round history: version, close time, bytes and each site's reported validation metrics.
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    assert [r["version"] for r in report["rounds"]] == [2, 3]
+    for item in report["rounds"]:
+        assert item["close_s"] > 0 and set(item["bytes"]) == {"site-1", "site-2", "site-3"}
+        assert all(0 <= m["ensemble_acc"] <= 1 and "zero_shot_acc" in m for m in item["metrics"].values())
     assert len(report["upload_bytes_per_round"]) == 2
     assert all(set(r) == {"site-1", "site-2", "site-3"} for r in report["upload_bytes_per_round"])
     assert set(report["sites"]) == {"site-1", "site-2", "site-3"}
     for site in report["sites"].values():
         assert site["n_images"] >= 10 and site["n_classes"] == 4
         assert 0.0 <= site["ensemble_acc"] <= 1.0 and 0.0 <= site["mean_alpha"] <= 1.0
+        assert 0.0 <= site["ece"] <= 1.0 and 0.0 <= site["ece_uncalibrated"] <= 1.0
+    # 60 images per site leave 12 validation images: too few to fit a temperature, so none is claimed.
+    assert all(site["temperature"] is None for site in report["sites"].values())
+    markdown = (out / "report.md").read_text()
+    for plot in ("accuracy_per_round.png", "upload_per_round.png", "round_times.png"):
+        assert (out / plot).read_bytes().startswith(b"\x89PNG") and f"]({plot})" in markdown
     # The results table on stdout, a pipe here: plain columns with every header whole (no "zero-sh…").
     header = next(line for line in result.stdout.splitlines() if line.startswith("site "))
     assert [name.strip() for name in header.split("  ") if name.strip()] == [
@@ -49,6 +61,7 @@ def test_demo_runs_the_federation_and_reports_every_site(tmp_path: Path):
         "head acc",
         "ensemble acc",
         "macro-F1",
+        "ECE",
         "mean α",
     ]
     # Every service stopped: a second run in the same folder starts cleanly.

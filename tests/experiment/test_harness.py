@@ -59,6 +59,14 @@ def test_synth_experiment_runs_every_method_and_ablation(tmp_path):
     # The published figures come from fedmedclip/experiment/paper_facts.json, with the paper's citation.
     assert "arXiv 2511.07929" in markdown
     assert all(f"{value:.2f}" in markdown for value in paper.ISIC2019["fedmedclip"].per_site_acc or ())
+    # Per-round history behind the plots, and the plots themselves embedded in results.md.
+    assert all(len(curve) == 2 for curve in masked.val_per_site.values()) and set(masked.val_per_site) == {
+        "site-1",
+        "site-2",
+    }
+    assert len(masked.upload_per_round) == 2 and sum(masked.upload_per_round) == masked.upload_bytes
+    for name in ("accuracy_per_round.png", "upload_per_round.png"):
+        assert (tmp_path / "out" / name).read_bytes().startswith(b"\x89PNG") and f"]({name})" in markdown
 
 
 def test_federation_replay_is_exact():
@@ -135,3 +143,72 @@ def test_labeled_site_embedding_keeps_paths_aligned(tiny_backbone, isic_root):
     held = embed_site(tiny_backbone, images, None, name="h", test_only=True)
     assert held.split.train == [] and len(held.split.test) == 11
     assert Path(held.paths[0]).suffix == ".jpg"
+
+
+def _result_with_history(tmp_path: Path):
+    from fedmedclip.experiment.results import ExperimentResult, MethodResult
+    from fedmedclip.training.metrics import reliability_bins
+
+    generator = torch.Generator().manual_seed(0)
+    confidence = 0.5 + 0.5 * torch.rand(200, generator=generator)
+    correct = (torch.rand(200, generator=generator) < 0.6).float()
+    ours = MethodResult(
+        "fedmedclip",
+        "FedMedCLIP",
+        per_site={"site-1": {"accuracy": 0.7, "macro_f1": 0.6, "ece": 0.2}},
+        rounds_run=3,
+        selected_round=2,
+        val_curve=[0.5, 0.7, 0.6],
+        val_per_site={"site-1": [0.5, 0.7, 0.6]},
+        upload_per_round=[9000, 8000, 8500],
+        upload_bytes=25500,
+        uploads=3,
+        calibration={
+            "method": "temperature",
+            "per_site": {
+                "site-1": {
+                    "temperature": 2.0,
+                    "val_ece_before": 0.3,
+                    "val_ece_after": 0.05,
+                    "test_ece_before": 0.28,
+                    "test_ece_after": 0.09,
+                }
+            },
+            "test_ece_before": 0.28,
+            "test_ece_after": 0.09,
+            "reliability": {
+                "uncalibrated": reliability_bins(confidence, correct),
+                "calibrated": reliability_bins(0.6 * confidence, correct),
+            },
+        },
+    )
+    return ExperimentResult(
+        config=parse_config(tiny_experiment(SYNTH)),
+        backbone="tiny",
+        device="cpu",
+        embed_dim=16,
+        sites={"site-1": {"train": 30, "val": 10, "test": 10}},
+        holdout=None,
+        methods=[ours],
+        embedding={},
+        machine={},
+        wall_seconds=1.0,
+        finished_at="now",
+    )
+
+
+def test_results_md_embeds_accuracy_upload_and_reliability_plots_and_the_ece_table(tmp_path):
+    from PIL import Image
+
+    from fedmedclip.experiment.report import write_reports
+
+    paths = write_reports(_result_with_history(tmp_path), tmp_path)
+    markdown = paths["markdown"].read_text()
+    for name in ("accuracy_per_round.png", "upload_per_round.png", "reliability.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+        assert f"]({name})" in markdown
+    assert "| site-1 | 2.00 | 30.0 | 5.0 | 28.0 | 9.0 |" in markdown
+    written = json.loads(paths["json"].read_text())
+    assert written["methods"][0]["upload_per_round"] == [9000, 8000, 8500]
+    assert written["methods"][0]["calibration"]["test_ece_after"] == 0.09

@@ -137,27 +137,55 @@ def test_decoded_update_carries_codec_settings() -> None:
 def test_rows_are_alive_top_k_and_dead_rows_are_never_sent() -> None:
     dim = 10
     delta = {name: torch.zeros(shape) for name, shape in fam_shapes(dim).items()}
-    # Row i of m1 has norm i + 1, so the top ceil(0.3 * 10) = 3 rows are 9, 8, 7.
+    # Row i of m1 has norm i + 1, so the top ceil(0.3 * 10) = 3 alive rows are 9, 8, 7.
     delta["m1.weight"] = torch.arange(1.0, dim + 1).unsqueeze(1).repeat(1, dim)
     delta["m2.weight"] = torch.ones(dim, dim)
     alive = all_alive(dim)
-    alive["m1.weight"][9] = False  # the largest row is dead: only 8 and 7 go, not a replacement
+    alive["m1.weight"][9] = False  # the largest row is dead: the next alive row takes its place
     alive["m2.weight"][:] = False
     config = CodecConfig(rho=0.3, quantization="fp32")
     residual = None
-    for _ in range(4):  # the dead row keeps growing in the residual and still never goes
+    for round_index in range(4):
         encoded = encode_update(delta, alive, residual, config)
         update = decode_update(encoded.payload)
         rows = update.tensors["m1.weight"].rows
         assert rows is not None
-        assert 9 not in rows.tolist()
-        assert len(rows) <= math.ceil(0.3 * dim)
+        assert 9 not in rows.tolist() and len(rows) == 3
+        if round_index == 0:
+            assert rows.tolist() == [6, 7, 8]
         assert update.tensors["m2.weight"].rows is not None and len(update.tensors["m2.weight"].rows) == 0
-        assert encoded.stats.rows_sent == {"m1.weight": len(rows), "m2.weight": 0}
+        assert encoded.stats.rows_sent == {"m1.weight": 3, "m2.weight": 0}
         residual = encoded.residual
     assert residual is not None
-    assert torch.equal(residual["m1.weight"][9], 4 * delta["m1.weight"][9])
-    assert torch.equal(residual["m2.weight"], 4 * delta["m2.weight"])
+    # A dead row's pending change is dropped each round: its residual never grows.
+    assert torch.equal(residual["m1.weight"][9], torch.zeros(dim))
+    assert torch.equal(residual["m2.weight"], torch.zeros(dim, dim))
+
+
+def test_dead_rows_never_occupy_upload_budget() -> None:
+    # 8 of 40 rows dead with the largest updates, a budget of ceil(0.2 * 40) = 8: every round sends 8 alive
+    # rows (the old ranking let the dead rows hold the top-k and sent almost nothing).
+    dim = 40
+    generator = torch.Generator().manual_seed(1)
+    alive = all_alive(dim)
+    dead = torch.arange(0, dim, 5)  # rows 0, 5, ..., 35
+    for name in alive:
+        alive[name][dead] = False
+    config = CodecConfig(rho=0.2, quantization="int8")
+    residual = None
+    for _ in range(5):
+        delta = {name: 0.01 * torch.randn(shape, generator=generator) for name, shape in fam_shapes(dim).items()}
+        for name in alive:
+            delta[name][dead] *= 1000.0
+        encoded = encode_update(delta, alive, residual, config)
+        update = decode_update(encoded.payload)
+        for name in alive:
+            rows = update.tensors[name].rows
+            assert rows is not None and len(rows) == 8
+            assert not set(rows.tolist()) & set(dead.tolist())
+        residual = encoded.residual
+    assert residual is not None
+    assert all(float(residual[name][dead].abs().max()) == 0.0 for name in alive)
 
 
 def test_first_round_sends_the_largest_alive_rows() -> None:
@@ -170,12 +198,13 @@ def test_first_round_sends_the_largest_alive_rows() -> None:
 
 
 @pytest.mark.parametrize("quantization", ["int8", "fp16", "fp32"])
-def test_error_feedback_loses_nothing(quantization: Quantization) -> None:
+def test_error_feedback_loses_nothing_of_alive_rows(quantization: Quantization) -> None:
     dim, rounds = 24, 6
     config = CodecConfig(rho=0.25, quantization=quantization)
     generator = torch.Generator().manual_seed(7)
     delivered = {name: torch.zeros(shape, dtype=torch.float64) for name, shape in fam_shapes(dim).items()}
     produced = {name: torch.zeros(shape, dtype=torch.float64) for name, shape in fam_shapes(dim).items()}
+    dropped = {name: torch.zeros(shape, dtype=torch.float64) for name, shape in fam_shapes(dim).items()}
     residual = None
     for round_index in range(rounds):
         delta = make_delta(dim, seed=100 + round_index)
@@ -185,10 +214,15 @@ def test_error_feedback_loses_nothing(quantization: Quantization) -> None:
         for name in delta:
             delivered[name] += decoded[name].double()
             produced[name] += delta[name].double()
+            if name in alive:  # a dead row's pending change is dropped, by design
+                total = delta[name].double() + (residual[name].double() if residual else 0.0)
+                dropped[name][~alive[name]] += total[~alive[name]]
         residual = encoded.residual
     assert residual is not None
     for name in produced:
-        torch.testing.assert_close(delivered[name] + residual[name].double(), produced[name], rtol=0, atol=1e-8)
+        torch.testing.assert_close(
+            delivered[name] + residual[name].double() + dropped[name], produced[name], rtol=0, atol=1e-6
+        )
 
 
 def test_zero_delta_sends_no_rows() -> None:

@@ -18,6 +18,9 @@ from fedmedclip.federation import serde
 from fedmedclip.federation.codec import CodecConfig
 from fedmedclip.federation.run_config import BackboneRef, RunConfig
 from fedmedclip.rpc.v1 import admin_pb2, federation_pb2
+from fedmedclip.secagg import shamir
+from fedmedclip.secagg.config import SecureAggregationConfig
+from fedmedclip.secagg.protocol import SecretKind
 from fedmedclip.training.config import TrainConfig
 
 T0 = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
@@ -37,7 +40,13 @@ CONFIG = RunConfig(
     train=TRAIN,
     codec=CODEC,
     prompt_templates=("a scan of {class}",),
+    secure_aggregation=SecureAggregationConfig(
+        enabled=True, threshold=3, degree=6, clip_norm=2.0, weight_cap=9, row_fraction=0.5, phase_timeout_s=7.5
+    ),
 )
+KEYS = m.AdvertisedKeys("site-a", b"\x01" * 32, b"\x02" * 32)
+SEALED = m.SealedShares("site-a", "site-b", b"\x03" * 164)
+SHARE = shamir.split(b"\x04" * 32, 2, [1, 2])[0]
 INFO = m.SiteInfo(platform="Linux", torch_version="2.4", device="cuda:0")
 SITE = m.Site("site-a", "Hospital A", True, T0, T0 + timedelta(seconds=5), "0.1.0", INFO)
 REVOKED = m.Site("site-b", "", False, T0)
@@ -47,7 +56,7 @@ PARTS = (
     m.SiteParticipation("site-c", m.ParticipationState.MISSING),
 )
 CLOSED = m.RoundStatus(1, m.RoundState.CLOSED, T0, T0 + timedelta(minutes=10), T0, 1, 2, PARTS, {"acc": 0.75})
-OPEN = m.RoundStatus(2, m.RoundState.OPEN, T0, T0 + timedelta(minutes=10), None, 2, 0)
+OPEN = m.RoundStatus(2, m.RoundState.OPEN, T0, T0 + timedelta(minutes=10), None, 2, 0, message="reopened")
 STATUS = m.RunStatus("r1", "demo", m.RunState.RUNNING, CONFIG, 2, 2, T0, None, "", (CLOSED, OPEN))
 FINISHED = m.RunStatus("r0", "", m.RunState.FAILED, CONFIG, 3, 4, T0, T0, "aggregation failed")
 VERSION = m.FamVersion(2, "r1", 1, 1, "cd" * 32, 4096, T0, (m.VersionContribution("site-a", 90, 1234),))
@@ -70,6 +79,22 @@ SAMPLES: list[Any] = [
     m.WaitTask(1.5),
     m.DoneTask(4, "completed"),
     m.GetModelRequest(5),
+    SecureAggregationConfig(),
+    SecureAggregationConfig(enabled=True, degree="all", precision_bits=9),
+    m.SecureAdvertiseTask(2, 5, T0),
+    m.SecureShareKeysTask(2, 3, 19, 0, b"seed", (KEYS, m.AdvertisedKeys("site-b", b"\x05" * 32, b"\x06" * 32)), T0),
+    m.SecureShareKeysTask(2, 3, 19, 4, b"", (), None),
+    m.SecureMaskedInputTask(2, (SEALED,), T0),
+    m.SecureUnmaskTask(2, ("site-a", "site-b"), ("site-c",), T0),
+    m.AdvertiseKeysRequest("r1", 2, KEYS),
+    m.ShareKeysRequest("r1", 2, (SEALED,)),
+    m.MaskedInputHeader("r1", 2, "ab" * 32, 4096),
+    m.UnmaskRequest(
+        "r1",
+        2,
+        (m.RevealedShare("site-a", SecretKind.SELF_SEED, SHARE), m.RevealedShare("site-c", SecretKind.MASK_KEY, SHARE)),
+    ),
+    m.SecurePhaseReply(True, False, "ok"),
     m.UpdateHeader("r1", 2, 5, 90, {"val_acc": 0.5}, CODEC, "ab" * 32, 10, "site-a"),
     m.UpdateHeader("r1", 2, 5, 90, {}, None, "ab" * 32, 10),
     m.SubmitReply(True, True, "dup"),

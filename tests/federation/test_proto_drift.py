@@ -42,7 +42,18 @@ def test_service_contracts() -> None:
     federation = federation_pb2.DESCRIPTOR.services_by_name["Federation"]
     admin = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
     assert federation.full_name == "fedmedclip.rpc.v1.Federation"
-    assert {m.name for m in federation.methods} == {"Join", "PollTask", "GetModel", "SubmitUpdate", "Heartbeat"}
+    assert {m.name for m in federation.methods} == {
+        "Join",
+        "PollTask",
+        "GetModel",
+        "SubmitUpdate",
+        "Heartbeat",
+        # secure rounds (docs/design.md §4.6)
+        "AdvertiseKeys",
+        "ShareKeys",
+        "SubmitMaskedInput",
+        "Unmask",
+    }
     assert {m.name for m in admin.methods} == {
         "StartRun",
         "StopRun",
@@ -56,6 +67,7 @@ def test_service_contracts() -> None:
     }
     streaming = {(m.name, m.client_streaming, m.server_streaming) for m in federation.methods}
     assert ("GetModel", False, True) in streaming and ("SubmitUpdate", True, False) in streaming
+    assert ("SubmitMaskedInput", True, False) in streaming
 
 
 class _Federation(federation_pb2_grpc.FederationServicer):

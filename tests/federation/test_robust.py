@@ -107,3 +107,15 @@ def test_clip_scale_and_capped_samples() -> None:
 if __name__ == "__main__":
     for label, value in shifts().items():
         print(f"{label:40s} {value:12.4f}")
+
+
+def test_the_plain_mode_defences_are_refused_with_secure_aggregation() -> None:
+    from fedmedclip.federation.run_config import RunConfig
+    from fedmedclip.secagg.config import SecureAggregationConfig
+
+    secure = SecureAggregationConfig(enabled=True)
+    with pytest.raises(ValueError, match="apply to plain rounds"):
+        RunConfig(embed_dim=DIM, secure_aggregation=secure, aggregation_rule="trimmed_mean")
+    with pytest.raises(ValueError, match="apply to plain rounds"):
+        RunConfig(embed_dim=DIM, secure_aggregation=secure, clip_norm=1.0)
+    RunConfig(embed_dim=DIM, aggregation_rule="median", clip_norm=1.0, max_samples_per_site=100)

@@ -235,7 +235,7 @@ FULL_SIZE = [
 ]
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize(("config", "model", "dim"), FULL_SIZE, ids=[row[0] for row in FULL_SIZE])
 def test_shipped_config_at_full_size_packs_and_embeds_offline(
     tmp_path: Path, config: str, model: str, dim: int

@@ -124,3 +124,12 @@ def test_harary_graph_is_regular_symmetric_and_seeded() -> None:
     assert graph.neighbours(sites, degree, b"seed-2") != links
     full = graph.neighbours(sites[:5], None, b"")
     assert all(len(linked) == 4 for linked in full.values())
+
+
+def test_a_corrupt_share_beyond_the_threshold_is_detected() -> None:
+    secret = bytes(range(32))
+    shares = shamir.split(secret, threshold=3, xs=[1, 2, 3, 4, 5])
+    assert shamir.combine(shares, 3, 32) == secret  # the two extra shares agree with the first three
+    forged = [*shares[:4], shamir.Share(shares[4].x, (shares[4].y + 1) % shamir.PRIME)]
+    with pytest.raises(ValueError, match="does not lie on the polynomial"):
+        shamir.combine(forged, 3, 32)

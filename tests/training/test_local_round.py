@@ -104,3 +104,39 @@ def test_head_running_statistics_match_the_trained_weights():
         eval_predictions = head.eval()(adapted).argmax(dim=-1)
         batch_predictions = head.train()(adapted).argmax(dim=-1)
     assert (eval_predictions == batch_predictions).float().mean() >= 0.95
+
+
+def test_batchnorm_recalibration_on_a_class_sorted_site_matches_the_true_statistics():
+    # An ImageFolder site arrives sorted by class: with per-batch averaging each batch held one class and
+    # the between-class variance was lost (0.72 of the true variance). The statistics must be exact.
+    from fedmedclip.model.head import build_head
+    from fedmedclip.training.local_round import recalibrate_batchnorm
+
+    generator = torch.Generator().manual_seed(0)
+    classes, per_class, dim = 4, 48, 16
+    centres = torch.randn(classes, dim, generator=generator) * 4
+    labels = torch.arange(classes).repeat_interleave(per_class)  # sorted by class
+    features = centres[labels] + torch.randn(classes * per_class, dim, generator=generator)
+    fam = build_fam(dim, seed=0)
+    head = build_head(dim, classes, hidden=32, seed=0)
+    recalibrate_batchnorm(fam, head, features, batch_size=32)
+
+    norms = [m for m in head.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    with torch.no_grad():
+        inputs = head.body[0](fam.eval()(features))  # what the first BatchNorm sees, over the whole set
+    true_var = inputs.var(dim=0, unbiased=False)
+    ratio = norms[0].running_var / true_var
+    assert bool(((ratio - 1).abs() < 0.02).all()), (
+        f"variance ratio in [{float(ratio.min()):.3f}, {float(ratio.max()):.3f}]"
+    )
+    assert torch.allclose(norms[0].running_mean, inputs.mean(dim=0), atol=1e-5)
+
+    # The order of the rows changes nothing: shuffled and sorted give the same head predictions.
+    shuffled = build_head(dim, classes, hidden=32, seed=0)
+    order = torch.randperm(features.shape[0], generator=generator)
+    recalibrate_batchnorm(fam, shuffled, features[order], batch_size=32)
+    head.eval(), shuffled.eval()
+    with torch.no_grad():
+        assert torch.equal(head(fam(features)).argmax(-1), shuffled(fam(features)).argmax(-1))
+        for a, b in zip(norms, [m for m in shuffled.modules() if isinstance(m, torch.nn.BatchNorm1d)], strict=True):
+            assert torch.allclose(a.running_var, b.running_var, rtol=1e-4)

@@ -89,3 +89,33 @@ def test_head_cross_entropy_shapes_the_fam():
     compute_loss(fam, head, features, labels, protos, 10.0, config).total.backward()
     assert fam.m1.weight.grad is not None and float(fam.m1.weight.grad.abs().sum()) > 0
     assert fam.m1.kappa.grad is not None and float(fam.m1.kappa.grad.abs().sum()) > 0
+
+
+def _kd_reference(cosines: torch.Tensor, logits: torch.Tensor, balance: float, temperature: float) -> float:
+    """The KD term in float64 from log-softmax, written out independently of the library."""
+    log_p = torch.log_softmax(cosines.double() / temperature, dim=0)
+    log_q = torch.log_softmax(logits.double() / temperature, dim=0)
+    kl_qp = (log_q.exp() * (log_q - log_p)).sum(dim=0)
+    kl_pq = (log_p.exp() * (log_p - log_q)).sum(dim=0)
+    return float((balance * kl_qp + (1 - balance) * kl_pq).mean())
+
+
+@pytest.mark.parametrize("spread", [10.0, 80.0, 200.0])
+def test_kd_equals_a_log_softmax_reference_at_large_logit_spreads(spread):
+    # Each class column's logits spread by `spread` over the batch, in opposite order for the two views, so
+    # every column has entries whose probability underflows any clamp floor.
+    generator = torch.Generator().manual_seed(3)
+    ramp = torch.linspace(-spread / 2, spread / 2, 8).unsqueeze(1)
+    cosines = ramp + 0.1 * torch.randn(8, 3, generator=generator)
+    logits = -ramp + 0.1 * torch.randn(8, 3, generator=generator)
+    balance = float(kd_balance(cosines, logits, logit_scale=1.0))
+    expected = _kd_reference(cosines, logits, balance, temperature=2.0)
+    actual = float(adaptive_kd_loss(cosines, logits, logit_scale=1.0, temperature=2.0))
+    assert actual == pytest.approx(expected, rel=1e-4)
+
+
+def test_kd_gives_a_gradient_to_entries_far_in_the_tail():
+    ramp = torch.linspace(-100.0, 100.0, 6).unsqueeze(1).repeat(1, 2)
+    logits = (-ramp).clone().requires_grad_(True)
+    adaptive_kd_loss(ramp, logits, logit_scale=1.0).backward()
+    assert logits.grad is not None and bool((logits.grad.abs() > 0).all())

@@ -1,7 +1,7 @@
 """Hardening: a site's enrolled sample cap; audit rows count the refusals they stand for.
 
 Revision ID: 0002_hardening
-Revises: 0001
+Revises: 0005_secagg
 Create Date: 2026-12-01
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0002_hardening"
-down_revision = "0001"
+down_revision = "0005_secagg"  # re-chained after main's secure-aggregation migration
 branch_labels = None
 depends_on = None
 

@@ -20,6 +20,8 @@ TOP_LEVEL_KEYS = (
     "p4_predict_p50_ratio",
     "p4_batch_throughput_ratio",
     "p5_round_close_ms",
+    "p8_secagg_upload_bytes",
+    "p8_secagg_round_overhead_100_sites",
 )
 
 
@@ -59,6 +61,20 @@ GOALS = (
     Goal("p4_predict_p50_ratio", "P4 REST predict p50 / raw encode", "≤ 1.15×", lambda v: v <= 1.15, "{:.2f}×".format),
     Goal("p4_batch_throughput_ratio", "P4 batched / raw batch-32 throughput", "≥ 80%", lambda v: v >= 0.8, _percent),
     Goal("p5_round_close_ms", "P5 round close, 100 sites", "≤ 200 ms", lambda v: v <= 200, "{:.0f} ms".format),
+    Goal(
+        "p8_secagg_upload_bytes",
+        "P8 secure upload per site, 100 sites, ρ 0.2",
+        "≤ 256 KiB",
+        lambda v: v <= 262144,
+        _kib,
+    ),
+    Goal(
+        "p8_secagg_round_overhead_100_sites",
+        "P8 secure / plain round compute, 100 sites",
+        "reported",
+        lambda v: v > 0,
+        "{:.2f}×".format,
+    ),
 )
 
 
@@ -88,7 +104,7 @@ def assemble(
         for key in TOP_LEVEL_KEYS:
             value = data.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):
-                latest[key] = float(value) if key != "p1_upload_bytes" else int(value)
+                latest[key] = float(value) if key not in ("p1_upload_bytes", "p8_secagg_upload_bytes") else int(value)
     latest["machine"] = machine
     latest["goals"] = {
         goal.key: {

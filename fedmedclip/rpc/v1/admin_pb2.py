@@ -26,7 +26,7 @@ from fedmedclip.rpc.v1 import common_pb2 as fedmedclip_dot_rpc_dot_v1_dot_common
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64medclip/rpc/v1/admin.proto\x12\x11\x66\x65\x64medclip.rpc.v1\x1a\x1e\x66\x65\x64medclip/rpc/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"f\n\x0fStartRunRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.fedmedclip.rpc.v1.RunConfig\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x17\n\x0finitial_version\x18\x03 \x01(\x04\";\n\x10StartRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x17\n\x0finitial_version\x18\x02 \x01(\x04\"0\n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"=\n\x0fStopRunResponse\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.fedmedclip.rpc.v1.RunState\"\x11\n\x0fListRunsRequest\">\n\x10ListRunsResponse\x12*\n\x04runs\x18\x01 \x03(\x0b\x32\x1c.fedmedclip.rpc.v1.RunStatus\"%\n\x13GetRunStatusRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xd4\x02\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.fedmedclip.rpc.v1.RunState\x12,\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1c.fedmedclip.rpc.v1.RunConfig\x12\x15\n\rcurrent_round\x18\x05 \x01(\r\x12\x16\n\x0elatest_version\x18\x06 \x01(\x04\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\t \x01(\t\x12.\n\x06rounds\x18\n \x03(\x0b\x32\x1e.fedmedclip.rpc.v1.RoundStatus\"\xaf\x03\n\x0bRoundStatus\x12\r\n\x05round\x18\x01 \x01(\r\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.fedmedclip.rpc.v1.RoundState\x12-\n\topened_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tclosed_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rinput_version\x18\x06 \x01(\x04\x12\x16\n\x0eoutput_version\x18\x07 \x01(\x04\x12:\n\x0cparticipants\x18\x08 \x03(\x0b\x32$.fedmedclip.rpc.v1.SiteParticipation\x12<\n\x07metrics\x18\t \x03(\x0b\x32+.fedmedclip.rpc.v1.RoundStatus.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb9\x02\n\x11SiteParticipation\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x34\n\x05state\x18\x02 \x01(\x0e\x32%.fedmedclip.rpc.v1.ParticipationState\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x04\x12/\n\x0breceived_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x42\n\x07metrics\x18\x06 \x03(\x0b\x32\x31.fedmedclip.rpc.v1.SiteParticipation.MetricsEntry\x12\x0f\n\x07message\x18\x07 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"L\n\x13ListVersionsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x14 \x01(\r\x12\x12\n\npage_token\x18\x15 \x01(\t\"`\n\x14ListVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.fedmedclip.rpc.v1.FamVersion\x12\x17\n\x0fnext_page_token\x18\x14 \x01(\t\"\x97\x02\n\nFamVersion\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x16\n\x0eparent_version\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x04\x12.\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x1e.fedmedclip.rpc.v1.ModelFormat\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\rcontributions\x18\t \x03(\x0b\x32&.fedmedclip.rpc.v1.VersionContribution\"O\n\x13VersionContribution\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x03 \x01(\x04\"\'\n\x14\x45xportVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\"_\n\x10\x45nrolSiteRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x18\n\x0bmax_samples\x18\x14 \x01(\x04H\x00\x88\x01\x01\x42\x0e\n\x0c_max_samples\"I\n\x11\x45nrolSiteResponse\x12%\n\x04site\x18\x01 \x01(\x0b\x32\x17.fedmedclip.rpc.v1.Site\x12\r\n\x05token\x18\x02 \x01(\t\"9\n\x10ListSitesRequest\x12\x11\n\tpage_size\x18\x14 \x01(\r\x12\x12\n\npage_token\x18\x15 \x01(\t\"T\n\x11ListSitesResponse\x12&\n\x05sites\x18\x01 \x03(\x0b\x32\x17.fedmedclip.rpc.v1.Site\x12\x17\n\x0fnext_page_token\x18\x14 \x01(\t\"1\n\x11RevokeSiteRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\";\n\x12RevokeSiteResponse\x12%\n\x04site\x18\x01 \x01(\x0b\x32\x17.fedmedclip.rpc.v1.Site\"\xe4\x01\n\x04Site\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\x12/\n\x0b\x65nrolled_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10software_version\x18\x06 \x01(\t\x12.\n\tsite_info\x18\x07 \x01(\x0b\x32\x1b.fedmedclip.rpc.v1.SiteInfo*\x82\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_RUNNING\x10\x01\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x02\x12\x15\n\x11RUN_STATE_STOPPED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04*\x8f\x01\n\nRoundState\x12\x1b\n\x17ROUND_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10ROUND_STATE_OPEN\x10\x01\x12\x1b\n\x17ROUND_STATE_AGGREGATING\x10\x02\x12\x16\n\x12ROUND_STATE_CLOSED\x10\x03\x12\x19\n\x15ROUND_STATE_ABANDONED\x10\x04*\x9e\x01\n\x12ParticipationState\x12#\n\x1fPARTICIPATION_STATE_UNSPECIFIED\x10\x00\x12 \n\x1cPARTICIPATION_STATE_ACCEPTED\x10\x01\x12 \n\x1cPARTICIPATION_STATE_REJECTED\x10\x02\x12\x1f\n\x1bPARTICIPATION_STATE_MISSING\x10\x03\x32\xa0\x06\n\x05\x41\x64min\x12S\n\x08StartRun\x12\".fedmedclip.rpc.v1.StartRunRequest\x1a#.fedmedclip.rpc.v1.StartRunResponse\x12P\n\x07StopRun\x12!.fedmedclip.rpc.v1.StopRunRequest\x1a\".fedmedclip.rpc.v1.StopRunResponse\x12S\n\x08ListRuns\x12\".fedmedclip.rpc.v1.ListRunsRequest\x1a#.fedmedclip.rpc.v1.ListRunsResponse\x12T\n\x0cGetRunStatus\x12&.fedmedclip.rpc.v1.GetRunStatusRequest\x1a\x1c.fedmedclip.rpc.v1.RunStatus\x12_\n\x0cListVersions\x12&.fedmedclip.rpc.v1.ListVersionsRequest\x1a\'.fedmedclip.rpc.v1.ListVersionsResponse\x12Y\n\rExportVersion\x12\'.fedmedclip.rpc.v1.ExportVersionRequest\x1a\x1d.fedmedclip.rpc.v1.ModelChunk0\x01\x12V\n\tEnrolSite\x12#.fedmedclip.rpc.v1.EnrolSiteRequest\x1a$.fedmedclip.rpc.v1.EnrolSiteResponse\x12V\n\tListSites\x12#.fedmedclip.rpc.v1.ListSitesRequest\x1a$.fedmedclip.rpc.v1.ListSitesResponse\x12Y\n\nRevokeSite\x12$.fedmedclip.rpc.v1.RevokeSiteRequest\x1a%.fedmedclip.rpc.v1.RevokeSiteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64medclip/rpc/v1/admin.proto\x12\x11\x66\x65\x64medclip.rpc.v1\x1a\x1e\x66\x65\x64medclip/rpc/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"f\n\x0fStartRunRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.fedmedclip.rpc.v1.RunConfig\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x17\n\x0finitial_version\x18\x03 \x01(\x04\";\n\x10StartRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x17\n\x0finitial_version\x18\x02 \x01(\x04\"0\n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"=\n\x0fStopRunResponse\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.fedmedclip.rpc.v1.RunState\"\x11\n\x0fListRunsRequest\">\n\x10ListRunsResponse\x12*\n\x04runs\x18\x01 \x03(\x0b\x32\x1c.fedmedclip.rpc.v1.RunStatus\"%\n\x13GetRunStatusRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xd4\x02\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.fedmedclip.rpc.v1.RunState\x12,\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1c.fedmedclip.rpc.v1.RunConfig\x12\x15\n\rcurrent_round\x18\x05 \x01(\r\x12\x16\n\x0elatest_version\x18\x06 \x01(\x04\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\t \x01(\t\x12.\n\x06rounds\x18\n \x03(\x0b\x32\x1e.fedmedclip.rpc.v1.RoundStatus\"\xc0\x03\n\x0bRoundStatus\x12\r\n\x05round\x18\x01 \x01(\r\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.fedmedclip.rpc.v1.RoundState\x12-\n\topened_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tclosed_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rinput_version\x18\x06 \x01(\x04\x12\x16\n\x0eoutput_version\x18\x07 \x01(\x04\x12:\n\x0cparticipants\x18\x08 \x03(\x0b\x32$.fedmedclip.rpc.v1.SiteParticipation\x12<\n\x07metrics\x18\t \x03(\x0b\x32+.fedmedclip.rpc.v1.RoundStatus.MetricsEntry\x12\x0f\n\x07message\x18\x32 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb9\x02\n\x11SiteParticipation\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x34\n\x05state\x18\x02 \x01(\x0e\x32%.fedmedclip.rpc.v1.ParticipationState\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x04\x12/\n\x0breceived_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x42\n\x07metrics\x18\x06 \x03(\x0b\x32\x31.fedmedclip.rpc.v1.SiteParticipation.MetricsEntry\x12\x0f\n\x07message\x18\x07 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"L\n\x13ListVersionsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x14 \x01(\r\x12\x12\n\npage_token\x18\x15 \x01(\t\"`\n\x14ListVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.fedmedclip.rpc.v1.FamVersion\x12\x17\n\x0fnext_page_token\x18\x14 \x01(\t\"\x97\x02\n\nFamVersion\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x16\n\x0eparent_version\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x04\x12.\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x1e.fedmedclip.rpc.v1.ModelFormat\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\rcontributions\x18\t \x03(\x0b\x32&.fedmedclip.rpc.v1.VersionContribution\"O\n\x13VersionContribution\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x03 \x01(\x04\"\'\n\x14\x45xportVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\"_\n\x10\x45nrolSiteRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x18\n\x0bmax_samples\x18\x14 \x01(\x04H\x00\x88\x01\x01\x42\x0e\n\x0c_max_samples\"I\n\x11\x45nrolSiteResponse\x12%\n\x04site\x18\x01 \x01(\x0b\x32\x17.fedmedclip.rpc.v1.Site\x12\r\n\x05token\x18\x02 \x01(\t\"9\n\x10ListSitesRequest\x12\x11\n\tpage_size\x18\x14 \x01(\r\x12\x12\n\npage_token\x18\x15 \x01(\t\"T\n\x11ListSitesResponse\x12&\n\x05sites\x18\x01 \x03(\x0b\x32\x17.fedmedclip.rpc.v1.Site\x12\x17\n\x0fnext_page_token\x18\x14 \x01(\t\"1\n\x11RevokeSiteRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\";\n\x12RevokeSiteResponse\x12%\n\x04site\x18\x01 \x01(\x0b\x32\x17.fedmedclip.rpc.v1.Site\"\xe4\x01\n\x04Site\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\x12/\n\x0b\x65nrolled_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10software_version\x18\x06 \x01(\t\x12.\n\tsite_info\x18\x07 \x01(\x0b\x32\x1b.fedmedclip.rpc.v1.SiteInfo*\x82\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_RUNNING\x10\x01\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x02\x12\x15\n\x11RUN_STATE_STOPPED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04*\x8f\x01\n\nRoundState\x12\x1b\n\x17ROUND_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10ROUND_STATE_OPEN\x10\x01\x12\x1b\n\x17ROUND_STATE_AGGREGATING\x10\x02\x12\x16\n\x12ROUND_STATE_CLOSED\x10\x03\x12\x19\n\x15ROUND_STATE_ABANDONED\x10\x04*\x9e\x01\n\x12ParticipationState\x12#\n\x1fPARTICIPATION_STATE_UNSPECIFIED\x10\x00\x12 \n\x1cPARTICIPATION_STATE_ACCEPTED\x10\x01\x12 \n\x1cPARTICIPATION_STATE_REJECTED\x10\x02\x12\x1f\n\x1bPARTICIPATION_STATE_MISSING\x10\x03\x32\xa0\x06\n\x05\x41\x64min\x12S\n\x08StartRun\x12\".fedmedclip.rpc.v1.StartRunRequest\x1a#.fedmedclip.rpc.v1.StartRunResponse\x12P\n\x07StopRun\x12!.fedmedclip.rpc.v1.StopRunRequest\x1a\".fedmedclip.rpc.v1.StopRunResponse\x12S\n\x08ListRuns\x12\".fedmedclip.rpc.v1.ListRunsRequest\x1a#.fedmedclip.rpc.v1.ListRunsResponse\x12T\n\x0cGetRunStatus\x12&.fedmedclip.rpc.v1.GetRunStatusRequest\x1a\x1c.fedmedclip.rpc.v1.RunStatus\x12_\n\x0cListVersions\x12&.fedmedclip.rpc.v1.ListVersionsRequest\x1a\'.fedmedclip.rpc.v1.ListVersionsResponse\x12Y\n\rExportVersion\x12\'.fedmedclip.rpc.v1.ExportVersionRequest\x1a\x1d.fedmedclip.rpc.v1.ModelChunk0\x01\x12V\n\tEnrolSite\x12#.fedmedclip.rpc.v1.EnrolSiteRequest\x1a$.fedmedclip.rpc.v1.EnrolSiteResponse\x12V\n\tListSites\x12#.fedmedclip.rpc.v1.ListSitesRequest\x1a$.fedmedclip.rpc.v1.ListSitesResponse\x12Y\n\nRevokeSite\x12$.fedmedclip.rpc.v1.RevokeSiteRequest\x1a%.fedmedclip.rpc.v1.RevokeSiteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,12 +37,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUNDSTATUS_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_SITEPARTICIPATION_METRICSENTRY']._loaded_options = None
   _globals['_SITEPARTICIPATION_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_RUNSTATE']._serialized_start=2851
-  _globals['_RUNSTATE']._serialized_end=2981
-  _globals['_ROUNDSTATE']._serialized_start=2984
-  _globals['_ROUNDSTATE']._serialized_end=3127
-  _globals['_PARTICIPATIONSTATE']._serialized_start=3130
-  _globals['_PARTICIPATIONSTATE']._serialized_end=3288
+  _globals['_RUNSTATE']._serialized_start=2868
+  _globals['_RUNSTATE']._serialized_end=2998
+  _globals['_ROUNDSTATE']._serialized_start=3001
+  _globals['_ROUNDSTATE']._serialized_end=3144
+  _globals['_PARTICIPATIONSTATE']._serialized_start=3147
+  _globals['_PARTICIPATIONSTATE']._serialized_end=3305
   _globals['_STARTRUNREQUEST']._serialized_start=117
   _globals['_STARTRUNREQUEST']._serialized_end=219
   _globals['_STARTRUNRESPONSE']._serialized_start=221
@@ -60,37 +60,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNSTATUS']._serialized_start=518
   _globals['_RUNSTATUS']._serialized_end=858
   _globals['_ROUNDSTATUS']._serialized_start=861
-  _globals['_ROUNDSTATUS']._serialized_end=1292
-  _globals['_ROUNDSTATUS_METRICSENTRY']._serialized_start=1246
-  _globals['_ROUNDSTATUS_METRICSENTRY']._serialized_end=1292
-  _globals['_SITEPARTICIPATION']._serialized_start=1295
-  _globals['_SITEPARTICIPATION']._serialized_end=1608
-  _globals['_SITEPARTICIPATION_METRICSENTRY']._serialized_start=1246
-  _globals['_SITEPARTICIPATION_METRICSENTRY']._serialized_end=1292
-  _globals['_LISTVERSIONSREQUEST']._serialized_start=1610
-  _globals['_LISTVERSIONSREQUEST']._serialized_end=1686
-  _globals['_LISTVERSIONSRESPONSE']._serialized_start=1688
-  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1784
-  _globals['_FAMVERSION']._serialized_start=1787
-  _globals['_FAMVERSION']._serialized_end=2066
-  _globals['_VERSIONCONTRIBUTION']._serialized_start=2068
-  _globals['_VERSIONCONTRIBUTION']._serialized_end=2147
-  _globals['_EXPORTVERSIONREQUEST']._serialized_start=2149
-  _globals['_EXPORTVERSIONREQUEST']._serialized_end=2188
-  _globals['_ENROLSITEREQUEST']._serialized_start=2190
-  _globals['_ENROLSITEREQUEST']._serialized_end=2285
-  _globals['_ENROLSITERESPONSE']._serialized_start=2287
-  _globals['_ENROLSITERESPONSE']._serialized_end=2360
-  _globals['_LISTSITESREQUEST']._serialized_start=2362
-  _globals['_LISTSITESREQUEST']._serialized_end=2419
-  _globals['_LISTSITESRESPONSE']._serialized_start=2421
-  _globals['_LISTSITESRESPONSE']._serialized_end=2505
-  _globals['_REVOKESITEREQUEST']._serialized_start=2507
-  _globals['_REVOKESITEREQUEST']._serialized_end=2556
-  _globals['_REVOKESITERESPONSE']._serialized_start=2558
-  _globals['_REVOKESITERESPONSE']._serialized_end=2617
-  _globals['_SITE']._serialized_start=2620
-  _globals['_SITE']._serialized_end=2848
-  _globals['_ADMIN']._serialized_start=3291
-  _globals['_ADMIN']._serialized_end=4091
+  _globals['_ROUNDSTATUS']._serialized_end=1309
+  _globals['_ROUNDSTATUS_METRICSENTRY']._serialized_start=1263
+  _globals['_ROUNDSTATUS_METRICSENTRY']._serialized_end=1309
+  _globals['_SITEPARTICIPATION']._serialized_start=1312
+  _globals['_SITEPARTICIPATION']._serialized_end=1625
+  _globals['_SITEPARTICIPATION_METRICSENTRY']._serialized_start=1263
+  _globals['_SITEPARTICIPATION_METRICSENTRY']._serialized_end=1309
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=1627
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=1703
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=1705
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1801
+  _globals['_FAMVERSION']._serialized_start=1804
+  _globals['_FAMVERSION']._serialized_end=2083
+  _globals['_VERSIONCONTRIBUTION']._serialized_start=2085
+  _globals['_VERSIONCONTRIBUTION']._serialized_end=2164
+  _globals['_EXPORTVERSIONREQUEST']._serialized_start=2166
+  _globals['_EXPORTVERSIONREQUEST']._serialized_end=2205
+  _globals['_ENROLSITEREQUEST']._serialized_start=2207
+  _globals['_ENROLSITEREQUEST']._serialized_end=2302
+  _globals['_ENROLSITERESPONSE']._serialized_start=2304
+  _globals['_ENROLSITERESPONSE']._serialized_end=2377
+  _globals['_LISTSITESREQUEST']._serialized_start=2379
+  _globals['_LISTSITESREQUEST']._serialized_end=2436
+  _globals['_LISTSITESRESPONSE']._serialized_start=2438
+  _globals['_LISTSITESRESPONSE']._serialized_end=2522
+  _globals['_REVOKESITEREQUEST']._serialized_start=2524
+  _globals['_REVOKESITEREQUEST']._serialized_end=2573
+  _globals['_REVOKESITERESPONSE']._serialized_start=2575
+  _globals['_REVOKESITERESPONSE']._serialized_end=2634
+  _globals['_SITE']._serialized_start=2637
+  _globals['_SITE']._serialized_end=2865
+  _globals['_ADMIN']._serialized_start=3308
+  _globals['_ADMIN']._serialized_end=4108
 # @@protoc_insertion_point(module_scope)

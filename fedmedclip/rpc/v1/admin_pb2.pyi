@@ -121,7 +121,7 @@ class RunStatus(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., config: _Optional[_Union[_common_pb2.RunConfig, _Mapping]] = ..., current_round: _Optional[int] = ..., latest_version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ...) -> None: ...
 
 class RoundStatus(_message.Message):
-    __slots__ = ("round", "state", "opened_at", "deadline", "closed_at", "input_version", "output_version", "participants", "metrics")
+    __slots__ = ("round", "state", "opened_at", "deadline", "closed_at", "input_version", "output_version", "participants", "metrics", "message")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +138,7 @@ class RoundStatus(_message.Message):
     OUTPUT_VERSION_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     round: int
     state: RoundState
     opened_at: _timestamp_pb2.Timestamp
@@ -147,7 +148,8 @@ class RoundStatus(_message.Message):
     output_version: int
     participants: _containers.RepeatedCompositeFieldContainer[SiteParticipation]
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, round: _Optional[int] = ..., state: _Optional[_Union[RoundState, str]] = ..., opened_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., closed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_version: _Optional[int] = ..., output_version: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[SiteParticipation, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    message: str
+    def __init__(self, round: _Optional[int] = ..., state: _Optional[_Union[RoundState, str]] = ..., opened_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., closed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_version: _Optional[int] = ..., output_version: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[SiteParticipation, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class SiteParticipation(_message.Message):
     __slots__ = ("site", "state", "num_samples", "payload_bytes", "received_at", "metrics", "message")

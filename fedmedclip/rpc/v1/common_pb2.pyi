@@ -147,7 +147,7 @@ class CodecConfig(_message.Message):
     def __init__(self, rho: _Optional[float] = ..., quantization: _Optional[_Union[Quantization, str]] = ..., compression: _Optional[_Union[Compression, str]] = ...) -> None: ...
 
 class RunConfig(_message.Message):
-    __slots__ = ("backbone", "train", "codec", "rounds", "embed_dim", "min_sites", "round_timeout", "prompt_templates", "fam_seed", "late_policy", "weighting", "norm_bound", "max_samples_per_site", "clip_norm", "aggregation_rule", "trim_fraction")
+    __slots__ = ("backbone", "train", "codec", "rounds", "embed_dim", "min_sites", "round_timeout", "prompt_templates", "fam_seed", "late_policy", "weighting", "norm_bound", "max_samples_per_site", "clip_norm", "aggregation_rule", "trim_fraction", "secure_aggregation")
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +164,7 @@ class RunConfig(_message.Message):
     CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_RULE_FIELD_NUMBER: _ClassVar[int]
     TRIM_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     backbone: BackboneSpec
     train: TrainConfig
     codec: CodecConfig
@@ -180,7 +181,30 @@ class RunConfig(_message.Message):
     clip_norm: float
     aggregation_rule: AggregationRule
     trim_fraction: float
-    def __init__(self, backbone: _Optional[_Union[BackboneSpec, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., codec: _Optional[_Union[CodecConfig, _Mapping]] = ..., rounds: _Optional[int] = ..., embed_dim: _Optional[int] = ..., min_sites: _Optional[int] = ..., round_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., prompt_templates: _Optional[_Iterable[str]] = ..., fam_seed: _Optional[int] = ..., late_policy: _Optional[_Union[LatePolicy, str]] = ..., weighting: _Optional[_Union[Weighting, str]] = ..., norm_bound: _Optional[float] = ..., max_samples_per_site: _Optional[int] = ..., clip_norm: _Optional[float] = ..., aggregation_rule: _Optional[_Union[AggregationRule, str]] = ..., trim_fraction: _Optional[float] = ...) -> None: ...
+    secure_aggregation: SecureAggregationConfig
+    def __init__(self, backbone: _Optional[_Union[BackboneSpec, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., codec: _Optional[_Union[CodecConfig, _Mapping]] = ..., rounds: _Optional[int] = ..., embed_dim: _Optional[int] = ..., min_sites: _Optional[int] = ..., round_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., prompt_templates: _Optional[_Iterable[str]] = ..., fam_seed: _Optional[int] = ..., late_policy: _Optional[_Union[LatePolicy, str]] = ..., weighting: _Optional[_Union[Weighting, str]] = ..., norm_bound: _Optional[float] = ..., max_samples_per_site: _Optional[int] = ..., clip_norm: _Optional[float] = ..., aggregation_rule: _Optional[_Union[AggregationRule, str]] = ..., trim_fraction: _Optional[float] = ..., secure_aggregation: _Optional[_Union[SecureAggregationConfig, _Mapping]] = ...) -> None: ...
+
+class SecureAggregationConfig(_message.Message):
+    __slots__ = ("enabled", "threshold", "degree", "clip_norm", "coordinate_bound", "precision_bits", "weight_cap", "row_fraction", "phase_timeout_seconds")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DEGREE_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    COORDINATE_BOUND_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_BITS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_CAP_FIELD_NUMBER: _ClassVar[int]
+    ROW_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    PHASE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    threshold: int
+    degree: int
+    clip_norm: float
+    coordinate_bound: float
+    precision_bits: int
+    weight_cap: int
+    row_fraction: float
+    phase_timeout_seconds: float
+    def __init__(self, enabled: _Optional[bool] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., clip_norm: _Optional[float] = ..., coordinate_bound: _Optional[float] = ..., precision_bits: _Optional[int] = ..., weight_cap: _Optional[int] = ..., row_fraction: _Optional[float] = ..., phase_timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
     __slots__ = ("header", "data")

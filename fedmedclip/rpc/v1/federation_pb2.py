@@ -26,7 +26,7 @@ from fedmedclip.rpc.v1 import common_pb2 as fedmedclip_dot_rpc_dot_v1_dot_common
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fedmedclip/rpc/v1/federation.proto\x12\x11\x66\x65\x64medclip.rpc.v1\x1a\x1e\x66\x65\x64medclip/rpc/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x01\n\x0bJoinRequest\x12\x16\n\x0eprotocol_major\x18\x01 \x01(\r\x12\x16\n\x0eprotocol_minor\x18\x02 \x01(\r\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12.\n\tsite_info\x18\x04 \x01(\x0b\x32\x1b.fedmedclip.rpc.v1.SiteInfo\"\x8e\x01\n\x0cJoinResponse\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x30\n\nrun_config\x18\x03 \x01(\x0b\x32\x1c.fedmedclip.rpc.v1.RunConfig\x12\x16\n\x0eprotocol_major\x18\x04 \x01(\r\x12\x16\n\x0eprotocol_minor\x18\x05 \x01(\r\"7\n\x0fPollTaskRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\r\"\x97\x01\n\x04Task\x12-\n\x05train\x18\x01 \x01(\x0b\x32\x1c.fedmedclip.rpc.v1.TrainTaskH\x00\x12+\n\x04wait\x18\x02 \x01(\x0b\x32\x1b.fedmedclip.rpc.v1.WaitTaskH\x00\x12+\n\x04\x64one\x18\x03 \x01(\x0b\x32\x1b.fedmedclip.rpc.v1.DoneTaskH\x00\x42\x06\n\x04kind\"]\n\tTrainTask\x12\r\n\x05round\x18\x01 \x01(\r\x12\x13\n\x0b\x66\x61m_version\x18\x02 \x01(\x04\x12,\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\'\n\x08WaitTask\x12\x1b\n\x13retry_after_seconds\x18\x01 \x01(\x01\"1\n\x08\x44oneTask\x12\x15\n\rfinal_version\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x0fGetModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\"X\n\x0bUpdateChunk\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.fedmedclip.rpc.v1.UpdateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\xa9\x02\n\x0cUpdateHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x04\x12=\n\x07metrics\x18\x05 \x03(\x0b\x32,.fedmedclip.rpc.v1.UpdateHeader.MetricsEntry\x12-\n\x05\x63odec\x18\x06 \x01(\x0b\x32\x1e.fedmedclip.rpc.v1.CodecConfig\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x04\x12\x0c\n\x04site\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"L\n\x14SubmitUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\"d\n\x10HeartbeatRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x31\n\x08\x61\x63tivity\x18\x02 \x01(\x0e\x32\x1f.fedmedclip.rpc.v1.SiteActivity\x12\r\n\x05round\x18\x03 \x01(\r\"[\n\x11HeartbeatResponse\x12/\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rabandon_round\x18\x02 \x01(\x08*\x9b\x01\n\x0cSiteActivity\x12\x1d\n\x19SITE_ACTIVITY_UNSPECIFIED\x10\x00\x12\x16\n\x12SITE_ACTIVITY_IDLE\x10\x01\x12\x1b\n\x17SITE_ACTIVITY_EMBEDDING\x10\x02\x12\x1a\n\x16SITE_ACTIVITY_TRAINING\x10\x03\x12\x1b\n\x17SITE_ACTIVITY_UPLOADING\x10\x04\x32\xa2\x03\n\nFederation\x12G\n\x04Join\x12\x1e.fedmedclip.rpc.v1.JoinRequest\x1a\x1f.fedmedclip.rpc.v1.JoinResponse\x12G\n\x08PollTask\x12\".fedmedclip.rpc.v1.PollTaskRequest\x1a\x17.fedmedclip.rpc.v1.Task\x12O\n\x08GetModel\x12\".fedmedclip.rpc.v1.GetModelRequest\x1a\x1d.fedmedclip.rpc.v1.ModelChunk0\x01\x12Y\n\x0cSubmitUpdate\x12\x1e.fedmedclip.rpc.v1.UpdateChunk\x1a\'.fedmedclip.rpc.v1.SubmitUpdateResponse(\x01\x12V\n\tHeartbeat\x12#.fedmedclip.rpc.v1.HeartbeatRequest\x1a$.fedmedclip.rpc.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fedmedclip/rpc/v1/federation.proto\x12\x11\x66\x65\x64medclip.rpc.v1\x1a\x1e\x66\x65\x64medclip/rpc/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x01\n\x0bJoinRequest\x12\x16\n\x0eprotocol_major\x18\x01 \x01(\r\x12\x16\n\x0eprotocol_minor\x18\x02 \x01(\r\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12.\n\tsite_info\x18\x04 \x01(\x0b\x32\x1b.fedmedclip.rpc.v1.SiteInfo\"\x8e\x01\n\x0cJoinResponse\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x30\n\nrun_config\x18\x03 \x01(\x0b\x32\x1c.fedmedclip.rpc.v1.RunConfig\x12\x16\n\x0eprotocol_major\x18\x04 \x01(\r\x12\x16\n\x0eprotocol_minor\x18\x05 \x01(\r\"7\n\x0fPollTaskRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\r\"\xa7\x03\n\x04Task\x12-\n\x05train\x18\x01 \x01(\x0b\x32\x1c.fedmedclip.rpc.v1.TrainTaskH\x00\x12+\n\x04wait\x18\x02 \x01(\x0b\x32\x1b.fedmedclip.rpc.v1.WaitTaskH\x00\x12+\n\x04\x64one\x18\x03 \x01(\x0b\x32\x1b.fedmedclip.rpc.v1.DoneTaskH\x00\x12\x42\n\x10secure_advertise\x18\x32 \x01(\x0b\x32&.fedmedclip.rpc.v1.SecureAdvertiseTaskH\x00\x12\x43\n\x11secure_share_keys\x18\x33 \x01(\x0b\x32&.fedmedclip.rpc.v1.SecureShareKeysTaskH\x00\x12G\n\x13secure_masked_input\x18\x34 \x01(\x0b\x32(.fedmedclip.rpc.v1.SecureMaskedInputTaskH\x00\x12<\n\rsecure_unmask\x18\x35 \x01(\x0b\x32#.fedmedclip.rpc.v1.SecureUnmaskTaskH\x00\x42\x06\n\x04kind\"g\n\x13SecureAdvertiseTask\x12\r\n\x05round\x18\x01 \x01(\r\x12\x13\n\x0b\x66\x61m_version\x18\x02 \x01(\x04\x12,\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x0e\x41\x64vertisedKeys\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x16\n\x0e\x63hannel_public\x18\x02 \x01(\x0c\x12\x13\n\x0bmask_public\x18\x03 \x01(\x0c\"\xc8\x01\n\x13SecureShareKeysTask\x12\r\n\x05round\x18\x01 \x01(\r\x12\x11\n\tthreshold\x18\x02 \x01(\r\x12\x0c\n\x04\x62its\x18\x03 \x01(\r\x12\x0e\n\x06\x64\x65gree\x18\x04 \x01(\r\x12\x12\n\ngraph_seed\x18\x05 \x01(\x0c\x12/\n\x04keys\x18\x06 \x03(\x0b\x32!.fedmedclip.rpc.v1.AdvertisedKeys\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x0cSealedShares\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08receiver\x18\x02 \x01(\t\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"\x85\x01\n\x15SecureMaskedInputTask\x12\r\n\x05round\x18\x01 \x01(\r\x12/\n\x06shares\x18\x02 \x03(\x0b\x32\x1f.fedmedclip.rpc.v1.SealedShares\x12,\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"s\n\x10SecureUnmaskTask\x12\r\n\x05round\x18\x01 \x01(\r\x12\x11\n\tsurvivors\x18\x02 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x14\x41\x64vertiseKeysRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12/\n\x04keys\x18\x03 \x01(\x0b\x32!.fedmedclip.rpc.v1.AdvertisedKeys\"b\n\x10ShareKeysRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12/\n\x06shares\x18\x03 \x03(\x0b\x32\x1f.fedmedclip.rpc.v1.SealedShares\"b\n\x10MaskedInputChunk\x12\x36\n\x06header\x18\x01 \x01(\x0b\x32$.fedmedclip.rpc.v1.MaskedInputHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"W\n\x11MaskedInputHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\"Z\n\rRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12+\n\x04kind\x18\x02 \x01(\x0e\x32\x1d.fedmedclip.rpc.v1.SecretKind\x12\r\n\x05share\x18\x03 \x01(\x0c\"`\n\rUnmaskRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x30\n\x06shares\x18\x03 \x03(\x0b\x32 .fedmedclip.rpc.v1.RevealedShare\"K\n\x13SecurePhaseResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\"]\n\tTrainTask\x12\r\n\x05round\x18\x01 \x01(\r\x12\x13\n\x0b\x66\x61m_version\x18\x02 \x01(\x04\x12,\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\'\n\x08WaitTask\x12\x1b\n\x13retry_after_seconds\x18\x01 \x01(\x01\"1\n\x08\x44oneTask\x12\x15\n\rfinal_version\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x0fGetModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\"X\n\x0bUpdateChunk\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.fedmedclip.rpc.v1.UpdateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\xa9\x02\n\x0cUpdateHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x04\x12=\n\x07metrics\x18\x05 \x03(\x0b\x32,.fedmedclip.rpc.v1.UpdateHeader.MetricsEntry\x12-\n\x05\x63odec\x18\x06 \x01(\x0b\x32\x1e.fedmedclip.rpc.v1.CodecConfig\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x04\x12\x0c\n\x04site\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"L\n\x14SubmitUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\"d\n\x10HeartbeatRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x31\n\x08\x61\x63tivity\x18\x02 \x01(\x0e\x32\x1f.fedmedclip.rpc.v1.SiteActivity\x12\r\n\x05round\x18\x03 \x01(\r\"[\n\x11HeartbeatResponse\x12/\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rabandon_round\x18\x02 \x01(\x08*^\n\nSecretKind\x12\x1b\n\x17SECRET_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15SECRET_KIND_SELF_SEED\x10\x01\x12\x18\n\x14SECRET_KIND_MASK_KEY\x10\x02*\x9b\x01\n\x0cSiteActivity\x12\x1d\n\x19SITE_ACTIVITY_UNSPECIFIED\x10\x00\x12\x16\n\x12SITE_ACTIVITY_IDLE\x10\x01\x12\x1b\n\x17SITE_ACTIVITY_EMBEDDING\x10\x02\x12\x1a\n\x16SITE_ACTIVITY_TRAINING\x10\x03\x12\x1b\n\x17SITE_ACTIVITY_UPLOADING\x10\x04\x32\x96\x06\n\nFederation\x12G\n\x04Join\x12\x1e.fedmedclip.rpc.v1.JoinRequest\x1a\x1f.fedmedclip.rpc.v1.JoinResponse\x12G\n\x08PollTask\x12\".fedmedclip.rpc.v1.PollTaskRequest\x1a\x17.fedmedclip.rpc.v1.Task\x12O\n\x08GetModel\x12\".fedmedclip.rpc.v1.GetModelRequest\x1a\x1d.fedmedclip.rpc.v1.ModelChunk0\x01\x12Y\n\x0cSubmitUpdate\x12\x1e.fedmedclip.rpc.v1.UpdateChunk\x1a\'.fedmedclip.rpc.v1.SubmitUpdateResponse(\x01\x12V\n\tHeartbeat\x12#.fedmedclip.rpc.v1.HeartbeatRequest\x1a$.fedmedclip.rpc.v1.HeartbeatResponse\x12`\n\rAdvertiseKeys\x12\'.fedmedclip.rpc.v1.AdvertiseKeysRequest\x1a&.fedmedclip.rpc.v1.SecurePhaseResponse\x12X\n\tShareKeys\x12#.fedmedclip.rpc.v1.ShareKeysRequest\x1a&.fedmedclip.rpc.v1.SecurePhaseResponse\x12\x62\n\x11SubmitMaskedInput\x12#.fedmedclip.rpc.v1.MaskedInputChunk\x1a&.fedmedclip.rpc.v1.SecurePhaseResponse(\x01\x12R\n\x06Unmask\x12 .fedmedclip.rpc.v1.UnmaskRequest\x1a&.fedmedclip.rpc.v1.SecurePhaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_UPDATEHEADER_METRICSENTRY']._loaded_options = None
   _globals['_UPDATEHEADER_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_SITEACTIVITY']._serialized_start=1503
-  _globals['_SITEACTIVITY']._serialized_end=1658
+  _globals['_SECRETKIND']._serialized_start=3142
+  _globals['_SECRETKIND']._serialized_end=3236
+  _globals['_SITEACTIVITY']._serialized_start=3239
+  _globals['_SITEACTIVITY']._serialized_end=3394
   _globals['_JOINREQUEST']._serialized_start=123
   _globals['_JOINREQUEST']._serialized_end=258
   _globals['_JOINRESPONSE']._serialized_start=261
@@ -44,27 +46,53 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POLLTASKREQUEST']._serialized_start=405
   _globals['_POLLTASKREQUEST']._serialized_end=460
   _globals['_TASK']._serialized_start=463
-  _globals['_TASK']._serialized_end=614
-  _globals['_TRAINTASK']._serialized_start=616
-  _globals['_TRAINTASK']._serialized_end=709
-  _globals['_WAITTASK']._serialized_start=711
-  _globals['_WAITTASK']._serialized_end=750
-  _globals['_DONETASK']._serialized_start=752
-  _globals['_DONETASK']._serialized_end=801
-  _globals['_GETMODELREQUEST']._serialized_start=803
-  _globals['_GETMODELREQUEST']._serialized_end=837
-  _globals['_UPDATECHUNK']._serialized_start=839
-  _globals['_UPDATECHUNK']._serialized_end=927
-  _globals['_UPDATEHEADER']._serialized_start=930
-  _globals['_UPDATEHEADER']._serialized_end=1227
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=1181
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=1227
-  _globals['_SUBMITUPDATERESPONSE']._serialized_start=1229
-  _globals['_SUBMITUPDATERESPONSE']._serialized_end=1305
-  _globals['_HEARTBEATREQUEST']._serialized_start=1307
-  _globals['_HEARTBEATREQUEST']._serialized_end=1407
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1409
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1500
-  _globals['_FEDERATION']._serialized_start=1661
-  _globals['_FEDERATION']._serialized_end=2079
+  _globals['_TASK']._serialized_end=886
+  _globals['_SECUREADVERTISETASK']._serialized_start=888
+  _globals['_SECUREADVERTISETASK']._serialized_end=991
+  _globals['_ADVERTISEDKEYS']._serialized_start=993
+  _globals['_ADVERTISEDKEYS']._serialized_end=1068
+  _globals['_SECURESHAREKEYSTASK']._serialized_start=1071
+  _globals['_SECURESHAREKEYSTASK']._serialized_end=1271
+  _globals['_SEALEDSHARES']._serialized_start=1273
+  _globals['_SEALEDSHARES']._serialized_end=1341
+  _globals['_SECUREMASKEDINPUTTASK']._serialized_start=1344
+  _globals['_SECUREMASKEDINPUTTASK']._serialized_end=1477
+  _globals['_SECUREUNMASKTASK']._serialized_start=1479
+  _globals['_SECUREUNMASKTASK']._serialized_end=1594
+  _globals['_ADVERTISEKEYSREQUEST']._serialized_start=1596
+  _globals['_ADVERTISEKEYSREQUEST']._serialized_end=1698
+  _globals['_SHAREKEYSREQUEST']._serialized_start=1700
+  _globals['_SHAREKEYSREQUEST']._serialized_end=1798
+  _globals['_MASKEDINPUTCHUNK']._serialized_start=1800
+  _globals['_MASKEDINPUTCHUNK']._serialized_end=1898
+  _globals['_MASKEDINPUTHEADER']._serialized_start=1900
+  _globals['_MASKEDINPUTHEADER']._serialized_end=1987
+  _globals['_REVEALEDSHARE']._serialized_start=1989
+  _globals['_REVEALEDSHARE']._serialized_end=2079
+  _globals['_UNMASKREQUEST']._serialized_start=2081
+  _globals['_UNMASKREQUEST']._serialized_end=2177
+  _globals['_SECUREPHASERESPONSE']._serialized_start=2179
+  _globals['_SECUREPHASERESPONSE']._serialized_end=2254
+  _globals['_TRAINTASK']._serialized_start=2256
+  _globals['_TRAINTASK']._serialized_end=2349
+  _globals['_WAITTASK']._serialized_start=2351
+  _globals['_WAITTASK']._serialized_end=2390
+  _globals['_DONETASK']._serialized_start=2392
+  _globals['_DONETASK']._serialized_end=2441
+  _globals['_GETMODELREQUEST']._serialized_start=2443
+  _globals['_GETMODELREQUEST']._serialized_end=2477
+  _globals['_UPDATECHUNK']._serialized_start=2479
+  _globals['_UPDATECHUNK']._serialized_end=2567
+  _globals['_UPDATEHEADER']._serialized_start=2570
+  _globals['_UPDATEHEADER']._serialized_end=2867
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=2821
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=2867
+  _globals['_SUBMITUPDATERESPONSE']._serialized_start=2869
+  _globals['_SUBMITUPDATERESPONSE']._serialized_end=2945
+  _globals['_HEARTBEATREQUEST']._serialized_start=2947
+  _globals['_HEARTBEATREQUEST']._serialized_end=3047
+  _globals['_HEARTBEATRESPONSE']._serialized_start=3049
+  _globals['_HEARTBEATRESPONSE']._serialized_end=3140
+  _globals['_FEDERATION']._serialized_start=3397
+  _globals['_FEDERATION']._serialized_end=4187
 # @@protoc_insertion_point(module_scope)

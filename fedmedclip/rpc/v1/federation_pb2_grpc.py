@@ -61,6 +61,26 @@ class FederationStub:
                 request_serializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.AdvertiseKeys = channel.unary_unary(
+                '/fedmedclip.rpc.v1.Federation/AdvertiseKeys',
+                request_serializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.AdvertiseKeysRequest.SerializeToString,
+                response_deserializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.SecurePhaseResponse.FromString,
+                _registered_method=True)
+        self.ShareKeys = channel.unary_unary(
+                '/fedmedclip.rpc.v1.Federation/ShareKeys',
+                request_serializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.ShareKeysRequest.SerializeToString,
+                response_deserializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.SecurePhaseResponse.FromString,
+                _registered_method=True)
+        self.SubmitMaskedInput = channel.stream_unary(
+                '/fedmedclip.rpc.v1.Federation/SubmitMaskedInput',
+                request_serializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.MaskedInputChunk.SerializeToString,
+                response_deserializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.SecurePhaseResponse.FromString,
+                _registered_method=True)
+        self.Unmask = channel.unary_unary(
+                '/fedmedclip.rpc.v1.Federation/Unmask',
+                request_serializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.UnmaskRequest.SerializeToString,
+                response_deserializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.SecurePhaseResponse.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -105,6 +125,35 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdvertiseKeys(self, request, context):
+        """Secure aggregation (docs/design.md §4.6): the four phases of a secure round, each answering a task.
+        Phase 1: the site's two fresh X25519 public keys for this round.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShareKeys(self, request, context):
+        """Phase 2: the site's Shamir shares for each neighbour, sealed; the aggregator only relays them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitMaskedInput(self, request_iterator, context):
+        """Phase 3: the masked vector, a MaskedInputHeader first, then packed data chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unmask(self, request, context):
+        """Phase 4: the shares the server needs to remove the masks (never both secrets of one peer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +181,26 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.HeartbeatRequest.FromString,
                     response_serializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'AdvertiseKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdvertiseKeys,
+                    request_deserializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.AdvertiseKeysRequest.FromString,
+                    response_serializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.SecurePhaseResponse.SerializeToString,
+            ),
+            'ShareKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShareKeys,
+                    request_deserializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.ShareKeysRequest.FromString,
+                    response_serializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.SecurePhaseResponse.SerializeToString,
+            ),
+            'SubmitMaskedInput': grpc.stream_unary_rpc_method_handler(
+                    servicer.SubmitMaskedInput,
+                    request_deserializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.MaskedInputChunk.FromString,
+                    response_serializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.SecurePhaseResponse.SerializeToString,
+            ),
+            'Unmask': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unmask,
+                    request_deserializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.UnmaskRequest.FromString,
+                    response_serializer=fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.SecurePhaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +339,114 @@ class Federation:
             '/fedmedclip.rpc.v1.Federation/Heartbeat',
             fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.HeartbeatRequest.SerializeToString,
             fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdvertiseKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedmedclip.rpc.v1.Federation/AdvertiseKeys',
+            fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.AdvertiseKeysRequest.SerializeToString,
+            fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.SecurePhaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShareKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedmedclip.rpc.v1.Federation/ShareKeys',
+            fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.ShareKeysRequest.SerializeToString,
+            fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.SecurePhaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitMaskedInput(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fedmedclip.rpc.v1.Federation/SubmitMaskedInput',
+            fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.MaskedInputChunk.SerializeToString,
+            fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.SecurePhaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unmask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedmedclip.rpc.v1.Federation/Unmask',
+            fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.UnmaskRequest.SerializeToString,
+            fedmedclip_dot_rpc_dot_v1_dot_federation__pb2.SecurePhaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
