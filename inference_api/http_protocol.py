@@ -1,0 +1,57 @@
+"""uvicorn's HTTP protocols with its own 400s in the API's JSON error format.
+
+uvicorn answers a request it cannot parse (headers over its size limit, a negative or malformed
+Content-Length, a broken request line) itself, before the app sees it, with a plain-text 400. These
+subclasses answer the same 400 with ``{"error": "bad_request", "message": …}`` and the same security
+headers as every other response, then close the connection as uvicorn does. The request's path is not
+known reliably at that point, so /v2 clients get the /v1 body too (its ``error`` field is still text).
+"""
+
+from __future__ import annotations
+
+import json
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+_MESSAGE = (
+    "the request is not valid HTTP/1.1 (malformed request line, headers over the size limit, or a bad Content-Length)"
+)
+# Larger than h11's 16 KiB default would let a client make every connection hold more; smaller breaks real
+# clients with long cookies. The same bound is applied to httptools below.
+MAX_HEADER_BYTES = 16 * 1024
+
+
+def _response(msg: str) -> bytes:
+    body = json.dumps({"error": "bad_request", "message": _MESSAGE}).encode()
+    head = (
+        "HTTP/1.1 400 Bad Request\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        "x-content-type-options: nosniff\r\n"
+        "cache-control: no-store\r\n"
+        "connection: close\r\n\r\n"
+    )
+    del msg  # uvicorn's own text says nothing more than ours
+    return head.encode("ascii") + body
+
+
+class JsonErrorH11Protocol(H11Protocol):
+    def send_400_response(self, msg: str) -> None:
+        self.transport.write(_response(msg))
+        self.transport.close()
+
+
+class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
+    def send_400_response(self, msg: str) -> None:
+        self.transport.write(_response(msg))
+        self.transport.close()
+
+
+def http_protocol() -> str:
+    """The protocol class for ``uvicorn.Config(http=…)``: httptools when installed (as uvicorn's "auto")."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return f"{__name__}:JsonErrorH11Protocol"
+    return f"{__name__}:JsonErrorHttpToolsProtocol"
