@@ -43,6 +43,29 @@ class JsonErrorH11Protocol(H11Protocol):
 
 
 class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
+    """httptools (llhttp) sets no limit on the size of a request's head, so this one does: once more than
+    ``MAX_HEADER_BYTES`` have arrived without the head being complete, the answer is the JSON 400."""
+
+    _head_complete = False
+    _head_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._head_complete or self.transport.is_closing():
+            return
+        self._head_bytes += len(data)  # counted after parsing: a chunk that completed the head is not counted
+        if self._head_bytes > MAX_HEADER_BYTES:
+            self.logger.warning("request head over %d bytes", MAX_HEADER_BYTES)
+            self.send_400_response("request head too large")
+
+    def on_headers_complete(self) -> None:
+        self._head_complete = True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._head_complete, self._head_bytes = False, 0  # the next request on this connection starts afresh
+
     def send_400_response(self, msg: str) -> None:
         self.transport.write(_response(msg))
         self.transport.close()
