@@ -1,8 +1,8 @@
 """uvicorn's HTTP protocols with its own 400s in the API's JSON error format.
 
 uvicorn answers a request it cannot parse (headers over its size limit, a negative or malformed
-Content-Length, a broken request line) itself, before the app sees it, with a plain-text 400. These
-subclasses answer the same 400 with ``{"error": "bad_request", "message": …}`` and the same security
+Content-Length, a broken request line) itself, before the app sees it, with a plain-text 400. This
+subclass answers the same 400 with ``{"error": "bad_request", "message": …}`` and the same security
 headers as every other response, then close the connection as uvicorn does. The request's path is not
 known reliably at that point, so /v2 clients get the /v1 body too (its ``error`` field is still text).
 """
@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 _MESSAGE = (
     "the request is not valid HTTP/1.1 (malformed request line, headers over the size limit, or a bad Content-Length)"
 )
-# Larger than h11's 16 KiB default would let a client make every connection hold more; smaller breaks real
-# clients with long cookies. The same bound is applied to httptools below.
+# h11's default; more would let a client make every connection hold more, less breaks clients with long cookies.
 MAX_HEADER_BYTES = 16 * 1024
 
 
@@ -36,15 +34,10 @@ def _response(msg: str) -> bytes:
     return head.encode("ascii") + body
 
 
-class JsonErrorH11Protocol(H11Protocol):
-    def send_400_response(self, msg: str) -> None:
-        self.transport.write(_response(msg))
-        self.transport.close()
-
-
 class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
-    """httptools (llhttp) sets no limit on the size of a request's head, so this one does: once more than
-    ``MAX_HEADER_BYTES`` have arrived without the head being complete, the answer is the JSON 400."""
+    """httptools (llhttp) sets no limit on the size of a request's head, so this one does, twice: once more
+    than ``MAX_HEADER_BYTES`` have arrived without the head being complete (so an endless head is cut early),
+    and when a head that arrived in one piece turns out to be larger."""
 
     _head_complete = False
     _head_bytes = 0
@@ -60,6 +53,10 @@ class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_complete = True
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > MAX_HEADER_BYTES:
+            # Raised inside a parser callback, it reaches data_received as an HttpParserError: the JSON 400.
+            raise ValueError(f"request head of {size} bytes is over the limit of {MAX_HEADER_BYTES}")
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -72,9 +69,5 @@ class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
 
 
 def http_protocol() -> str:
-    """The protocol class for ``uvicorn.Config(http=…)``: httptools when installed (as uvicorn's "auto")."""
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        return f"{__name__}:JsonErrorH11Protocol"
+    """The protocol class for ``uvicorn.Config(http=…)`` (httptools is a declared dependency)."""
     return f"{__name__}:JsonErrorHttpToolsProtocol"

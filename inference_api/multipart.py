@@ -105,6 +105,7 @@ async def read_uploads(content_type: str, chunks: AsyncIterator[bytes], max_file
         raise BadRequestError(f"malformed multipart body: {error}") from error
     if parser.state != MultipartState.END:
         raise BadRequestError(
-            "the multipart body ends in the middle of a part (no closing boundary): the upload was cut short"
+            "the multipart body ends before its closing boundary (in the middle of a part, or empty): "
+            "the upload was cut short"
         )
     return parts.uploads

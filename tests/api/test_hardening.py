@@ -9,6 +9,7 @@ import http.client
 import io
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +29,9 @@ BOUNDARY = "hardening-boundary"
 
 
 @pytest.fixture(scope="module")
-def server(bundle_root: Path, tiny_spec: BackboneSpec, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def server(
+    bundle_root: Path, tiny_spec: BackboneSpec, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
     env = {
         "FEDMEDCLIP_API_MAX_IMAGES": str(MAX_IMAGES),
         "FEDMEDCLIP_API_MAX_REQUEST_BYTES": str(1024 * 1024),
@@ -41,9 +44,13 @@ def server(bundle_root: Path, tiny_spec: BackboneSpec, tmp_path_factory: pytest.
 
 def _part(name: str, data: bytes) -> bytes:
     return (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + data + b"\r\n"
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + b"\r\n"
+    )
 
 
 def multipart(*items: tuple[str, bytes]) -> bytes:
@@ -116,7 +123,16 @@ def test_a_moderate_aspect_ratio_is_still_classified(conn):
 
 def test_thin_image_over_the_open_inference_protocol(conn):
     body = json.dumps(
-        {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(thin_png(100_000)).decode()]}]}
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "data": [base64.b64encode(thin_png(100_000)).decode()],
+                }
+            ]
+        }
     ).encode()
     conn.request("POST", INFER, body=body, headers={"X-API-Key": KEYS["a"], "Content-Type": "application/json"})
     response = conn.getresponse()
@@ -205,3 +221,20 @@ def _read_response(sock: socket.socket) -> tuple[str, dict]:
         assert chunk
         body += chunk
     return lines[0], json.loads(body[:length])
+
+
+@pytest.mark.parametrize("finished", [True, False], ids=["whole-head-over-limit", "endless-head"])
+def test_an_oversized_head_is_refused_whether_or_not_it_ends(server, finished):
+    """A 40 KB head sent at once, and a head that never ends (20 KB so far, in pieces): both a JSON 400."""
+    start = b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Big: "
+    with socket.create_connection(tuple(server.host_port.split(":")), timeout=30) as sock:  # type: ignore[arg-type]
+        if finished:
+            sock.sendall(start + b"a" * 40_000 + b"\r\n\r\n")
+        else:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(start)
+            for _ in range(10):
+                sock.sendall(b"a" * 2_000)
+                time.sleep(0.02)
+        status_line, payload = _read_response(sock)
+    assert status_line.startswith("HTTP/1.1 400") and payload["error"] == "bad_request", (status_line, payload)

@@ -66,7 +66,7 @@ def test_whatever_preprocessing_raises_is_a_422_naming_the_file(error):
     def preprocess(image: Image.Image) -> torch.Tensor:
         raise error
 
-    with pytest.raises(BadImageError, match="'scan.png' cannot be processed") as raised:
+    with pytest.raises(BadImageError, match=r"'scan\.png' cannot be processed") as raised:
         prepare_batch([Upload("scan.png", png_bytes())], preprocess, Limits(max_pixels=10**6, input_side=64))
     assert raised.value.status == 422
 
