@@ -162,6 +162,28 @@ def test_a_thousand_files_are_refused_before_the_rest_is_sent(server):
     assert payload["error"] == "too_many_images" and str(MAX_IMAGES) in payload["message"]
 
 
+def test_a_thousand_binary_elements_are_refused_before_the_data_is_sent(server):
+    """/v2 with binary tensor data: the JSON part says 1,000 images; the 413 comes before the data."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "image", "shape": [1000], "datatype": "BYTES", "parameters": {"binary_data_size": 64_000}}
+            ]
+        }
+    ).encode()
+    total = len(header) + 64_000
+    head = (
+        f"POST {INFER} HTTP/1.1\r\nHost: test\r\nX-API-Key: {KEYS['a']}\r\n"
+        f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(header)}\r\n"
+        f"Content-Length: {total}\r\n\r\n"
+    )
+    with socket.create_connection(tuple(server.host_port.split(":")), timeout=30) as sock:  # type: ignore[arg-type]
+        sock.sendall(head.encode() + header + bytes(1000))  # then the client waits, 63,000 bytes short
+        status_line, payload = _read_response(sock)
+    assert status_line.startswith("HTTP/1.1 413"), status_line
+    assert str(MAX_IMAGES) in payload["error"], payload
+
+
 def test_a_body_cut_mid_part_is_a_clear_400(conn):
     whole = multipart(("a.png", png_bytes()))
     cut = whole[: len(whole) // 2]
