@@ -154,7 +154,7 @@ def test_a_thousand_files_are_refused_before_the_rest_is_sent(server):
     parts = [_part(f"{i}.png", b"\x89PNG" + bytes(60)) for i in range(1000)]
     body = b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
     head = "".join(f"{k}: {v}\r\n" for k, v in _headers(len(body)).items())
-    with socket.create_connection(tuple(server.host_port.split(":")), timeout=30) as sock:  # type: ignore[arg-type]
+    with socket.create_connection(_address(server), timeout=30) as sock:
         sock.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: test\r\n{head}\r\n".encode())
         sock.sendall(b"".join(parts[: MAX_IMAGES + 1]))  # 5 of 1,000 parts; the client then waits
         status_line, payload = _read_response(sock)
@@ -177,7 +177,7 @@ def test_a_thousand_binary_elements_are_refused_before_the_data_is_sent(server):
         f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(header)}\r\n"
         f"Content-Length: {total}\r\n\r\n"
     )
-    with socket.create_connection(tuple(server.host_port.split(":")), timeout=30) as sock:  # type: ignore[arg-type]
+    with socket.create_connection(_address(server), timeout=30) as sock:
         sock.sendall(head.encode() + header + bytes(1000))  # then the client waits, 63,000 bytes short
         status_line, payload = _read_response(sock)
     assert status_line.startswith("HTTP/1.1 413"), status_line
@@ -202,7 +202,7 @@ def test_a_body_cut_mid_part_is_a_clear_400(conn):
     ids=["oversized-headers", "negative-content-length", "bad-content-length"],
 )
 def test_uvicorns_own_400s_are_json(server, request_bytes):
-    with socket.create_connection(tuple(server.host_port.split(":")), timeout=30) as sock:  # type: ignore[arg-type]
+    with socket.create_connection(_address(server), timeout=30) as sock:
         sock.sendall(request_bytes)
         status_line, payload = _read_response(sock)
     assert status_line.startswith("HTTP/1.1 400"), status_line
@@ -227,6 +227,11 @@ def test_openapi_bounds_the_files(conn):
     assert infer["schema"]["properties"]["inputs"]["items"]["properties"]["data"]["maxItems"] == MAX_IMAGES
 
 
+def _address(server: LiveServer) -> tuple[str, int]:
+    host, port = server.host_port.rsplit(":", 1)
+    return host, int(port)
+
+
 def _read_response(sock: socket.socket) -> tuple[str, dict]:
     data = b""
     while b"\r\n\r\n" not in data:
@@ -249,7 +254,7 @@ def _read_response(sock: socket.socket) -> tuple[str, dict]:
 def test_an_oversized_head_is_refused_whether_or_not_it_ends(server, finished):
     """A 40 KB head sent at once, and a head that never ends (20 KB so far, in pieces): both a JSON 400."""
     start = b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Big: "
-    with socket.create_connection(tuple(server.host_port.split(":")), timeout=30) as sock:  # type: ignore[arg-type]
+    with socket.create_connection(_address(server), timeout=30) as sock:
         if finished:
             sock.sendall(start + b"a" * 40_000 + b"\r\n\r\n")
         else:

@@ -5,6 +5,7 @@ preprocessing raises is a 422 naming the file."""
 from __future__ import annotations
 
 import tracemalloc
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from tests.api.conftest import make_settings
 from tests.api.images import dicom_bytes, png_bytes
 
 
-def _peak_mib(work) -> tuple[object, float]:
+def _peak_mib(work: Callable[[], Image.Image]) -> tuple[Image.Image, float]:
     tracemalloc.start()
     try:
         result = work()
