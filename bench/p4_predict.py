@@ -55,7 +55,7 @@ GOAL_P50_RATIO = 1.15
 GOAL_THROUGHPUT_RATIO = 0.80
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--weights", default="random", help="pretrained tag, weights file/dir, or 'random'")
@@ -67,7 +67,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent single-image requests")
     parser.add_argument("--batch-wait-ms", type=float, default=None, help="override the server's batch_wait_ms")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results/p4.json (p4_quick.json)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.model, args.weights = TINY_MODEL, "random"
         args.requests, args.rounds, args.images = 30, 2, 64
@@ -172,8 +172,8 @@ async def http_throughput(url: str, key: str, png: bytes, images: int, concurren
         return images / (time.perf_counter() - start)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     spec = BackboneSpec(model=args.model, weights=args.weights)
     backbone = load_backbone(spec, device=args.device)
@@ -280,6 +280,7 @@ def main() -> None:
     print(f"latency ms: {result['latency_ms']}")
     print(f"throughput img/s: {result['throughput_images_per_s']}")
     print(f"wrote {args.out}")
+    return result
 
 
 if __name__ == "__main__":

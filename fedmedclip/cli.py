@@ -151,6 +151,18 @@ def _register_backbone() -> None:
 _register_backbone()
 
 
+def _register_simulate() -> None:
+    from fedmedclip.simulation.cli import simulate
+
+    app.command(
+        help="Simulate thousands of sites with the system's own training, codec and aggregation code, "
+        "vectorised per shard, locally or on Ray; writes results.json, results.md and plots (docs/simulation.md)."
+    )(simulate)
+
+
+_register_simulate()
+
+
 ENTRY_POINT_GROUP = "fedmedclip.cli"
 
 

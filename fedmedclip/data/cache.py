@@ -66,6 +66,10 @@ class ImageEncoder(Protocol):
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
 
+# (path, sha256) of each content to decode, batch size -> batches in any order, every item exactly once.
+BatchDecoder = Callable[[list[tuple[Path, str]], int], Iterable["DecodedBatch"]]
+
+
 class EmbeddingCache:
     """Float32 vectors keyed by (namespace, content sha256) in ``<cache_dir>/embeddings.sqlite``.
 
@@ -194,10 +198,13 @@ def embed_images(
     batch_size: int = 64,
     num_workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    decoder: BatchDecoder | None = None,
 ) -> EmbedResult:
     """Embed ``paths`` with ``backbone``, encoding only what ``cache`` lacks (``cache=None``: encode all).
 
     Unreadable images are reported in ``failed`` and skipped; they never fail the batch they are in.
+    ``decoder`` replaces the default DataLoader that turns (path, digest) pairs into batches of pixels
+    (``data.embed_pipeline.EmbedPipeline`` decodes JPEG on the GPU and keeps its workers between calls).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -220,20 +227,26 @@ def embed_images(
     if progress is not None:
         progress(done, total)
     if missing:
-        loader = DataLoader(
-            _DecodeDataset([(first_path[d], d) for d in missing], backbone.preprocess),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=_collate,
-            pin_memory=backbone.device.type == "cuda",
+        items = [(first_path[d], d) for d in missing]
+        loader: Iterable[DecodedBatch] = (
+            decoder(items, batch_size)
+            if decoder is not None
+            else DataLoader(
+                _DecodeDataset(items, backbone.preprocess),
+                batch_size=batch_size,
+                num_workers=num_workers,
+                collate_fn=_collate,
+                pin_memory=backbone.device.type == "cuda",
+            )
         )
         for batch in loader:
             failed_content.update(batch.failures)
             if batch.pixels is not None:
                 encoded = backbone.encode_images(batch.pixels).detach().to("cpu", torch.float32).numpy()
                 fresh = {}
-                for digest, vector in zip(batch.digests, encoded, strict=True):
-                    if np.all(np.isfinite(vector)):
+                finite = np.isfinite(encoded).all(axis=1)  # one vectorised check, not one per row
+                for digest, vector, ok in zip(batch.digests, encoded, finite, strict=True):
+                    if ok:
                         fresh[digest] = vector
                     else:  # e.g. fp16 overflow: report it like a bad image instead of caching poison
                         failed_content[digest] = "the encoder produced non-finite values for this image"
@@ -309,19 +322,21 @@ class _DecodeDataset(Dataset[tuple[str, torch.Tensor | None, str]]):
 
 
 @dataclass
-class _Batch:
+class DecodedBatch:
+    """Pixels ready for ``encode_images`` (row i is ``digests[i]``) and the contents that failed to decode."""
+
     digests: list[str]
     pixels: torch.Tensor | None
     failures: dict[str, str]  # digest → reason
 
-    def pin_memory(self) -> _Batch:  # called by the DataLoader when pin_memory=True
+    def pin_memory(self) -> DecodedBatch:  # called by the DataLoader when pin_memory=True
         if self.pixels is not None:
             self.pixels = self.pixels.pin_memory()
         return self
 
 
-def _collate(samples: list[tuple[str, torch.Tensor | None, str]]) -> _Batch:
+def _collate(samples: list[tuple[str, torch.Tensor | None, str]]) -> DecodedBatch:
     good = [(digest, pixels) for digest, pixels, _ in samples if pixels is not None]
     failures = {digest: reason for digest, pixels, reason in samples if pixels is None}
     pixels = torch.stack([p for _, p in good]) if good else None
-    return _Batch(digests=[d for d, _ in good], pixels=pixels, failures=failures)
+    return DecodedBatch(digests=[d for d, _ in good], pixels=pixels, failures=failures)

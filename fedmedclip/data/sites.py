@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from fedmedclip.data.cache import EmbeddingCache, embed_images
+from fedmedclip.data.cache import BatchDecoder, EmbeddingCache, embed_images
 from fedmedclip.data.imagefolder import DatasetError, LabeledImages, scan_imagefolder
 from fedmedclip.data.splits import DEFAULT_FRACTIONS, Split, split_indices
 from fedmedclip.model.backbone import Backbone
@@ -62,14 +62,22 @@ def embed_site(
     batch_size: int = 64,
     num_workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    decoder: BatchDecoder | None = None,
 ) -> SiteEmbeddings:
     """Embed ``images`` (through ``cache`` when given) and split them by label, seeded.
 
     ``test_only=True`` puts every image in the test part: a held-out site is never trained or validated on.
     Unreadable files are reported in ``skipped`` and left out; a site with no usable image is an error.
+    ``decoder``: e.g. a ``data.embed_pipeline.EmbedPipeline`` (GPU JPEG decoding, persistent workers).
     """
     result = embed_images(
-        backbone, images.paths, cache, batch_size=batch_size, num_workers=num_workers, progress=progress
+        backbone,
+        images.paths,
+        cache,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        decoder=decoder,
     )
     if not result.kept_indices:
         raise NoUsableImagesError(name, result.failed)

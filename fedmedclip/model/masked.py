@@ -19,12 +19,23 @@ STE_WINDOW = 1.0
 
 
 class _StraightThroughStep(torch.autograd.Function):
-    """Heaviside step forward; identity gradient inside ``|x| <= STE_WINDOW`` backward."""
+    """Heaviside step forward; identity gradient inside ``|x| <= STE_WINDOW`` backward.
+
+    Written in the ``setup_context`` style with a generated vmap rule so ``torch.func.vmap`` can batch it:
+    the simulator trains a shard of sites' stacked FAMs at once through this same module code.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
+    def forward(x: torch.Tensor) -> torch.Tensor:
         return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def setup_context(
+        ctx: torch.autograd.function.FunctionCtx, inputs: tuple[torch.Tensor], output: torch.Tensor
+    ) -> None:
+        ctx.save_for_backward(inputs[0])
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, *grad_outputs: torch.Tensor) -> torch.Tensor:

@@ -61,6 +61,33 @@ def compute_loss(
     return LossTerms(total, contrastive, head_ce, kd, logits)
 
 
+def train_step(
+    fam: FeatureAdaptationModule,
+    head: PrivateHead,
+    optimiser: torch.optim.Optimizer,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    text_prototypes: torch.Tensor,
+    logit_scale: float,
+    config: TrainConfig,
+    sums: torch.Tensor,
+    correct: torch.Tensor,
+) -> None:
+    """One optimiser step on one batch; adds (loss, contrastive, head_ce, kd) to ``sums`` and the head's
+    correct predictions (of the logits seen by this step, before the update) to ``correct``, in place.
+
+    Nothing here reads a tensor value on the host, so the GPU path (``training.device_round``) can capture
+    this very function in a CUDA graph.
+    """
+    terms = compute_loss(fam, head, features, labels, text_prototypes, logit_scale, config)
+    optimiser.zero_grad(set_to_none=True)
+    terms.total.backward()
+    optimiser.step()
+    sums += torch.stack([terms.total, terms.contrastive, terms.head_ce, terms.kd]).detach()
+    if terms.head_logits is not None:
+        correct += (terms.head_logits.detach().argmax(dim=-1) == labels).sum()
+
+
 def shuffled_batches(num_samples: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
     order = torch.randperm(num_samples, generator=generator)
     batches = list(order.split(batch_size))
@@ -150,15 +177,13 @@ def train_local_round(
     steps = 0
     for _ in range(config.local_epochs):
         for index in shuffled_batches(num_samples, config.batch_size, generator):
-            batch_features, batch_labels = features[index.to(device)], labels[index.to(device)]
-            terms = compute_loss(fam, head_module, batch_features, batch_labels, text, logit_scale, config)
-            optimiser.zero_grad(set_to_none=True)
-            terms.total.backward()
-            optimiser.step()
+            batch_labels = labels[index.to(device)]
+            batch_features = features[index.to(device)]
+            train_step(
+                fam, head_module, optimiser, batch_features, batch_labels, text, logit_scale, config, sums, correct
+            )
             steps += 1
-            sums += torch.stack([terms.total, terms.contrastive, terms.head_ce, terms.kd]).detach()
-            if terms.head_logits is not None:  # accuracy of the logits seen by this step, before the update
-                correct += (terms.head_logits.detach().argmax(dim=-1) == batch_labels).sum()
+            if config.use_head_ce or config.use_kd:
                 seen += batch_labels.numel()
     recalibrate_batchnorm(fam, head_module, features, config.batch_size)
     means = (sums / steps).tolist()

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from fedmedclip.data.cache import EmbeddingCache, embed_images
+from fedmedclip.data.cache import BatchDecoder, EmbeddingCache, embed_images
 from fedmedclip.data.images import load_image
 from fedmedclip.experiment.perf.common import median, stopwatch, timed
 from fedmedclip.federation.codec import CodecConfig, encode_update
@@ -29,6 +29,7 @@ from fedmedclip.model.fam import build_fam, fam_state
 from fedmedclip.model.prompts import render_prompts
 from fedmedclip.training.baselines import fedavg_finetune_round
 from fedmedclip.training.config import TrainConfig
+from fedmedclip.training.device_round import DeviceRoundTrainer
 from fedmedclip.training.local_round import train_local_round
 
 GOAL_ROUND = 500.0
@@ -48,9 +49,14 @@ def measure_compute(
     num_workers: int = 0,
     cache_into: EmbeddingCache | None = None,
     decode_overlapped: bool = False,
+    decoder: BatchDecoder | None = None,
+    device_rounds: bool = False,
 ) -> dict[str, Any]:
     """``decode_overlapped=True`` leaves FedAvg's per-round decoding out of its round time, as if loader
-    workers hid it completely behind the GPU's steps: the assumption least favourable to us."""
+    workers hid it completely behind the GPU's steps: the assumption least favourable to us.
+    ``decoder``: the embedding pass decodes through it (``EmbedPipeline``). ``device_rounds``: our rounds
+    run on ``training.device_round.DeviceRoundTrainer`` (embeddings resident, CUDA graph on a GPU); its
+    one-off set-up and capture fall in the first round, so they count in the run total."""
     device = backbone.device
     config = TrainConfig(batch_size=batch_size)
     prototypes = backbone.class_prototypes(classes).to(device)
@@ -59,7 +65,9 @@ def measure_compute(
     with tempfile.TemporaryDirectory(prefix="p2-cache-") as folder, EmbeddingCache(folder) as fresh:
         embedded, embed_s = timed(
             device,
-            lambda: embed_images(backbone, paths, fresh, batch_size=embed_batch_size, num_workers=num_workers),
+            lambda: embed_images(
+                backbone, paths, fresh, batch_size=embed_batch_size, num_workers=num_workers, decoder=decoder
+            ),
         )
     if cache_into is not None:  # later benchmarks on the same images need not embed them again
         _copy_vectors(backbone, paths, embedded.kept_indices, embedded.features, cache_into)
@@ -78,11 +86,13 @@ def measure_compute(
     # faster thread count. Our rounds and FedAvg's steps interleave, so both sample the same load.
     default_threads = torch.get_num_threads()
     thread_options = [default_threads] if device.type == "cuda" else sorted({1, default_threads})
-    by_threads: dict[int, tuple[list[float], list[float]]] = {}
+    by_threads: dict[int, tuple[list[float], list[float], dict[str, Any]]] = {}
     try:
         for threads in thread_options:
             torch.set_num_threads(threads)
-            by_threads[threads] = _interleaved(backbone, classes, features, targets, prototypes, rounds, config, sample)
+            by_threads[threads] = _interleaved(
+                backbone, classes, features, targets, prototypes, rounds, config, sample, device_rounds
+            )
     finally:
         torch.set_num_threads(default_threads)
     best_threads = min(by_threads, key=lambda t: sum(by_threads[t][0]))
@@ -104,6 +114,8 @@ def measure_compute(
         "batch_size": batch_size,
         "device": str(device),
         "model": backbone.spec.model,
+        "round_path": "DeviceRoundTrainer" if device_rounds else "train_local_round",
+        "round_path_info": by_threads[best_threads][2],
         "ours": {
             "embed_pass_s": embed_s,
             "round_s_median": ours_round_s,
@@ -147,7 +159,8 @@ def _interleaved(
     rounds: int,
     config: TrainConfig,
     fedavg_batches: Sequence[tuple[torch.Tensor, Sequence[int]]],
-) -> tuple[list[float], list[float]]:
+    device_rounds: bool = False,
+) -> tuple[list[float], list[float], dict[str, Any]]:
     """Seconds of each of our rounds (local training + encoding the masked update, one site from a fresh
     FAM) and of each FedAvg step, the steps spread evenly between the rounds."""
     device = features.device
@@ -161,12 +174,20 @@ def _interleaved(
     residual: dict[str, torch.Tensor] | None = None
     round_s: list[float] = []
     step_s: list[float] = []
+    trainer: DeviceRoundTrainer | None = None
     for round_index in range(rounds):
         with stopwatch(device) as elapsed:
-            result = train_local_round(
-                features, targets, prototypes, fam, head, logit_scale=backbone.logit_scale, config=config,
-                round_index=round_index,
-            )  # fmt: skip
+            if device_rounds:
+                if trainer is None:  # once per site: the embeddings go to the device, the step is captured
+                    trainer = DeviceRoundTrainer(
+                        features, targets, prototypes, logit_scale=backbone.logit_scale, config=config
+                    )
+                result = trainer.train_round(fam, head, round_index=round_index)
+            else:
+                result = train_local_round(
+                    features, targets, prototypes, fam, head, logit_scale=backbone.logit_scale, config=config,
+                    round_index=round_index,
+                )  # fmt: skip
             encoded = encode_update(
                 fam_delta(result.fam_state, fam),
                 alive_rows_of(build_fam(features.shape[1], result.fam_state)),
@@ -184,7 +205,10 @@ def _interleaved(
                 fedavg_finetune_round, model, pixels, torch.tensor(list(labels)), tokens, batch_size=len(pixels)
             )
             step_s.append(timed(device, step)[1])
-    return round_s, step_s
+    info: dict[str, Any] = {}
+    if trainer is not None:
+        info = {"cuda_graph": trainer.captured, "capture_error": trainer.capture_error}
+    return round_s, step_s, info
 
 
 def _copy_vectors(
@@ -194,3 +218,53 @@ def _copy_vectors(
 
     vectors = {file_sha256(paths[i]): features[row].numpy() for row, i in enumerate(kept)}
     cache.put_many(backbone.cache_namespace, vectors)
+
+
+def device_round_times(
+    backbone: Backbone,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    classes: Sequence[str],
+    *,
+    rounds: int,
+    batch_size: int = 32,
+    compile_modules: bool = False,
+) -> dict[str, Any]:
+    """Our rounds alone (training + masked update encoding) on ``DeviceRoundTrainer``: for comparing round
+    paths on one machine (e.g. with and without ``torch.compile``). The first round holds the set-up,
+    capture and compilation; ``setup_s`` reports it and the median leaves it out."""
+    device = backbone.device
+    config = TrainConfig(batch_size=batch_size)
+    prototypes = backbone.class_prototypes(classes).to(device)
+    features, targets = features.to(device), targets.to(device)
+    fam = {name: tensor.to(device) for name, tensor in fam_state(build_fam(features.shape[1])).items()}
+    head: dict[str, torch.Tensor] | None = None
+    residual: dict[str, torch.Tensor] | None = None
+    trainer = None
+    round_s: list[float] = []
+    for round_index in range(rounds):
+        with stopwatch(device) as elapsed:
+            if trainer is None:
+                trainer = DeviceRoundTrainer(
+                    features, targets, prototypes, logit_scale=backbone.logit_scale, config=config,
+                    compile_modules=compile_modules,
+                )  # fmt: skip
+            result = trainer.train_round(fam, head, round_index=round_index)
+            encoded = encode_update(
+                fam_delta(result.fam_state, fam),
+                alive_rows_of(build_fam(features.shape[1], result.fam_state)),
+                residual,
+                CodecConfig(),
+            )
+        round_s.append(elapsed())
+        fam, head, residual = result.fam_state, result.head_state, encoded.residual
+    assert trainer is not None
+    steady = round_s[1:] or round_s
+    return {
+        "round_s_median": median(steady),
+        "setup_s": round_s[0],
+        "rounds": rounds,
+        "compile_modules": compile_modules,
+        "cuda_graph": trainer.captured,
+        "capture_error": trainer.capture_error,
+    }

@@ -11,14 +11,15 @@ from __future__ import annotations
 import functools
 import statistics
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from fedmedclip.data.cache import EmbeddingCache, embed_images
+from fedmedclip.data.cache import BatchDecoder, EmbeddingCache, embed_images, file_sha256
 from fedmedclip.data.images import load_image
 from fedmedclip.experiment.perf.common import timed
 from fedmedclip.model.backbone import Backbone
@@ -45,6 +46,10 @@ class _TimedEncoder:
     def device(self) -> torch.device:
         return self.backbone.device
 
+    @property
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        return self.backbone.transform
+
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.backbone.preprocess(image)
 
@@ -62,11 +67,13 @@ def measure_embedding(
     batch_size: int = 32,
     num_workers: int = 0,
     chunk: int | None = None,
+    decoder: BatchDecoder | None = None,
 ) -> dict[str, Any]:
     """Raw and pass alternate on chunks of ``chunk`` images (default: all at once), ``reps`` times; the
     figure is the median over these adjacent pairs of raw time / pass time, so that a burst of load on a
     shared machine spoils one pair, not the result. Also recorded: the share of the pass's wall time spent
-    inside the encoder (what the pipeline around it costs, measured within the same pass)."""
+    inside the encoder (what the pipeline around it costs, measured within the same pass). ``decoder``:
+    the pass decodes through it (an ``EmbedPipeline`` started before timing: its workers persist)."""
     device = backbone.device
     size = chunk or len(paths)
     groups = [list(paths[start : start + size]) for start in range(0, len(paths), size)]
@@ -80,7 +87,9 @@ def measure_embedding(
 
     def embedding_pass(index: int, encoder: _TimedEncoder) -> int:
         with tempfile.TemporaryDirectory(prefix="p3-cache-") as folder, EmbeddingCache(folder) as cache:
-            result = embed_images(encoder, groups[index], cache, batch_size=batch_size, num_workers=num_workers)
+            result = embed_images(
+                encoder, groups[index], cache, batch_size=batch_size, num_workers=num_workers, decoder=decoder
+            )
         return result.computed
 
     raw_s: list[float] = []
@@ -105,6 +114,7 @@ def measure_embedding(
         "reps": reps,
         "batch_size": batch_size,
         "num_workers": num_workers,
+        "decoder": type(decoder).__name__ if decoder is not None else "DataLoader",
         "device": str(device),
         "model": backbone.spec.model,
         "raw_images_per_s": len(raw_s) * images / len(groups) / sum(raw_s) if raw_s else 0.0,
@@ -118,3 +128,48 @@ def measure_embedding(
             "raw = preprocessed tensors already in memory"
         ),
     }
+
+
+def measure_decode(decoder: BatchDecoder, paths: Sequence[Path], *, batch_size: int, reps: int = 2) -> dict[str, Any]:
+    """Decoding alone (read, re-hash, decode, resize, normalise, on the encoder's device): images/s, best
+    of ``reps``. Possible because decoding is separated from encoding."""
+    items = [(Path(path), file_sha256(path)) for path in paths]
+    seconds: list[float] = []
+    decoded = 0
+    for _ in range(max(1, reps)):
+        started = time.perf_counter()
+        decoded = 0
+        for batch in decoder(items, batch_size):
+            if batch.pixels is not None:
+                decoded += batch.pixels.shape[0]
+                if batch.pixels.device.type == "cuda":
+                    torch.cuda.synchronize(batch.pixels.device)
+        seconds.append(time.perf_counter() - started)
+    return {"images": len(items), "decoded": decoded, "images_per_s": len(items) / min(seconds), "seconds": seconds}
+
+
+def measure_formats(
+    backbone: Backbone,
+    sets: dict[str, list[Path]],
+    decoder: BatchDecoder,
+    *,
+    batch_size: int,
+    reps: int = 2,
+    full_pass: bool = True,
+) -> dict[str, Any]:
+    """Per format: decode-only images/s and, with ``full_pass``, the whole pass (fresh cache) images/s."""
+    out: dict[str, Any] = {}
+    for name, paths in sets.items():
+        entry = measure_decode(decoder, paths, batch_size=batch_size, reps=reps)
+        if full_pass:
+            best = float("inf")
+            for _ in range(max(1, reps)):
+                with tempfile.TemporaryDirectory(prefix="formats-cache-") as folder, EmbeddingCache(folder) as cache:
+                    started = time.perf_counter()
+                    result = embed_images(backbone, paths, cache, batch_size=batch_size, decoder=decoder)
+                    best = min(best, time.perf_counter() - started)
+                if result.computed != len(paths):
+                    raise RuntimeError(f"{name}: the pass encoded {result.computed} of {len(paths)} images")
+            entry["pass_images_per_s"] = len(paths) / best
+        out[name] = entry
+    return out
