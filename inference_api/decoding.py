@@ -82,13 +82,13 @@ def decode_upload(
     kind = sniff(upload.data)
     if kind is None:
         raise UnsupportedMediaTypeError(f"{name} is not a PNG, JPEG or DICOM image")
+    min_side = 2 * draft_side if draft_side else None
     try:
         if kind == "dicom":
-            min_side = 2 * draft_side if draft_side else None
             image = decode_dicom(upload.data, name, max_pixels=max_pixels, min_side=min_side)
-            check_aspect_ratio(name, *image.size, max_aspect_ratio)  # DICOM sizes are checked by pixel count only
+            # decode_dicom checks the pixel count from the tags; the shape is checked before preprocessing.
+            check_aspect_ratio(name, *image.size, max_aspect_ratio)
             return image
-        min_side = 2 * draft_side if draft_side else None
         return _decode_raster(upload.data, name, kind, max_pixels, min_side, max_aspect_ratio)
     except ImageDecodeError as error:
         raise BadImageError(f"{name} cannot be decoded: {error.reason}") from error

@@ -40,6 +40,7 @@ from fedmedclip.model.personalised import PersonalisedClassifier
 from inference_api.metrics import ApiMetrics
 
 log = logging.getLogger("inference_api.registry")
+_PARALLEL_LOADS = 4
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,9 @@ class ModelRegistry:
         self.site_timeout_s = site_timeout_s
         self._sites: dict[str, SiteState] = {}
         self._pending: dict[str, _SiteScan] = {}  # scans that outlived their timeout, by site
+        # Reading pointers is cheap and runs for every site at once; building classifiers is not, so at most a
+        # few run together (many sites publishing at the same moment must not multiply peak memory).
+        self._loading = threading.BoundedSemaphore(_PARALLEL_LOADS)
 
     # Readers (request handlers on the event loop) only ever look up the current dict; scans build a new
     # dict and rebind it, so a reader never sees a half-updated registry.
@@ -171,7 +175,8 @@ class ModelRegistry:
         if state.loaded is not None and state.loaded.bundle.version == version:
             return replace(state, pointer=version, _seen=seen, error=None)
         try:
-            loaded = self._load(state.name, version)
+            with self._loading:
+                loaded = self._load(state.name, version)
         except BundleError as error:
             return self._refuse(state, version, error.reason, seen)
         except Exception as error:  # anything unexpected refuses this version, never the other sites or the service
