@@ -34,6 +34,9 @@ def fifo_site(root: Path, site: str = "site-stuck") -> Iterator[Path]:
         # Give the stuck reader its writer, so its thread returns; then remove the FIFO.
         with contextlib.suppress(OSError):
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        for thread in threading.enumerate():  # let it finish (and log) while this test still owns the log
+            if thread.name == f"scan-{site}":
+                thread.join(10)
         fifo.unlink()
 
 
