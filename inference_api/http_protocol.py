@@ -41,12 +41,16 @@ class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
 
     _head_complete = False
     _head_bytes = 0
+    _ended_message = False
 
     def data_received(self, data: bytes) -> None:
+        self._ended_message = False
         super().data_received(data)
-        if self._head_complete or self.transport.is_closing():
+        # Counted after parsing, and only a chunk that neither completed a head nor ended a message (whose
+        # bytes are body, not head): what remains is a head still arriving.
+        if self._head_complete or self._ended_message or self.transport.is_closing():
             return
-        self._head_bytes += len(data)  # counted after parsing: a chunk that completed the head is not counted
+        self._head_bytes += len(data)
         if self._head_bytes > MAX_HEADER_BYTES:
             self.logger.warning("request head over %d bytes", MAX_HEADER_BYTES)
             self.send_400_response("request head too large")
@@ -62,6 +66,7 @@ class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._head_complete, self._head_bytes = False, 0  # the next request on this connection starts afresh
+        self._ended_message = True
 
     def send_400_response(self, msg: str) -> None:
         self.transport.write(_response(msg))

@@ -121,6 +121,17 @@ def test_a_moderate_aspect_ratio_is_still_classified(conn):
     assert code == 200 and len(payload["predictions"]) == 2, payload
 
 
+def test_large_uploads_pass_the_head_limit_on_a_kept_alive_connection(conn):
+    """The head-size limit counts head bytes only: bodies far larger than 16 KiB, twice on one connection."""
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(buffer, "PNG")
+    assert len(buffer.getvalue()) > 200_000
+    for _ in range(2):
+        code, headers, payload = post(conn, multipart(("noise.png", buffer.getvalue())))
+        assert code == 200 and headers.get("connection") != "close", payload
+
+
 def test_thin_image_over_the_open_inference_protocol(conn):
     body = json.dumps(
         {
