@@ -64,13 +64,21 @@ def _console() -> Any:
 def sites_add(
     name: Annotated[str, typer.Argument(help="Site name: letters, digits, '-', '_', '.'; at most 64.")],
     description: Annotated[str, typer.Option(help="Free text, e.g. hospital and contact.")] = "",
+    max_samples: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="The most training samples this site has: its aggregation weight never exceeds it, whatever "
+            "it reports.",
+        ),
+    ] = None,
     config: ConfigOption = None,
     server: ServerOption = None,
     insecure_loopback: InsecureOption = None,
 ) -> None:
     """Enrol a site and print its token. The token is shown once; only its hash is stored."""
     client = _client(config, server, insecure_loopback)
-    reply = _call(lambda: client.enrol_site(name, description))
+    reply = _call(lambda: client.enrol_site(name, description, max_samples))
     typer.secho(
         f"enrolled site {reply.site.name!r}; its token follows. Store it now: it cannot be shown again.", err=True
     )

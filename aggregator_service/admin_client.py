@@ -87,8 +87,16 @@ class AdminClient:
         return self._call(self._stub.GetRunStatus, request, serde.run_status_from_proto)
 
     def list_versions(self, run_id: str) -> list[m.FamVersion]:
-        request = serde.list_versions_request_to_proto(m.ListVersionsRequest(run_id))
-        return list(self._call(self._stub.ListVersions, request, serde.list_versions_reply_from_proto).versions)
+        """Every version of the run, oldest first, following the server's pages."""
+        versions: list[m.FamVersion] = []
+        token = ""
+        while True:
+            request = serde.list_versions_request_to_proto(m.ListVersionsRequest(run_id, page_token=token))
+            reply = self._call(self._stub.ListVersions, request, serde.list_versions_reply_from_proto)
+            versions.extend(reply.versions)
+            if not reply.next_page_token or reply.next_page_token == token:
+                return versions
+            token = reply.next_page_token
 
     def export_version(self, version: int) -> tuple[m.ModelHeader, bytes]:
         """A FAM version's header and all its bytes (the caller verifies the sha256)."""
@@ -107,14 +115,22 @@ class AdminClient:
             raise AdminCallError(grpc.StatusCode.DATA_LOSS, "the model stream repeated its header")
         return header, b"".join(data)
 
-    def enrol_site(self, name: str, description: str = "") -> m.EnrolSiteReply:
+    def enrol_site(self, name: str, description: str = "", max_samples: int | None = None) -> m.EnrolSiteReply:
         """Enrol a site; the reply holds its token, which is shown only this once."""
-        request = serde.enrol_site_request_to_proto(m.EnrolSiteRequest(name, description))
+        request = serde.enrol_site_request_to_proto(m.EnrolSiteRequest(name, description, max_samples))
         return self._call(self._stub.EnrolSite, request, serde.enrol_site_reply_from_proto)
 
     def list_sites(self) -> list[m.Site]:
-        request = serde.list_sites_request_to_proto(m.ListSitesRequest())
-        return list(self._call(self._stub.ListSites, request, serde.list_sites_reply_from_proto).sites)
+        """Every enrolled site, by name, following the server's pages."""
+        sites: list[m.Site] = []
+        token = ""
+        while True:
+            request = serde.list_sites_request_to_proto(m.ListSitesRequest(page_token=token))
+            reply = self._call(self._stub.ListSites, request, serde.list_sites_reply_from_proto)
+            sites.extend(reply.sites)
+            if not reply.next_page_token or reply.next_page_token == token:
+                return sites
+            token = reply.next_page_token
 
     def revoke_site(self, name: str, reason: str = "") -> m.Site:
         request = serde.revoke_site_request_to_proto(m.RevokeSiteRequest(name, reason))

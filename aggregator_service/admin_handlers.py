@@ -11,7 +11,7 @@ import secrets
 from datetime import timedelta
 
 from aggregator_service import auth
-from aggregator_service.audit import audit_ok
+from aggregator_service.audit import audit_ok, flush_refusals
 from aggregator_service.context import Services
 from aggregator_service.errors import FailedPrecondition, InvalidArgument, NotFound
 from aggregator_service.federation_handlers import ModelBlob, get_model, run_or_not_found
@@ -109,6 +109,7 @@ _STATUS_ATTEMPTS = 5
 
 def _round_statuses(svc: Services, run: RunRecord) -> list[m.RoundStatus]:
     sites = svc.store.list_sites()
+    flush_refusals(svc)  # counted in memory until written: write them first so the status is current
     refusals = svc.store.list_audit(limit=1000, outcome="refused", run_id=run.id)
     spent = svc.store.budget_spent_sites(run.id)
     rounds: list[m.RoundStatus] = []
@@ -149,9 +150,15 @@ def _participation(
     return m.SiteParticipation(site, m.ParticipationState.MISSING)
 
 
-def list_versions(svc: Services, run_id: str) -> list[m.FamVersion]:
-    run_or_not_found(svc, run_id)
-    return [_fam_version(record) for record in svc.store.list_versions(run_id)]
+def list_versions(svc: Services, request: m.ListVersionsRequest) -> m.ListVersionsReply:
+    """One page of a run's versions, oldest first; the token is the last version number of the page."""
+    run_or_not_found(svc, request.run_id)
+    after = _page_token_int(request.page_token)
+    size = _page_size(request.page_size, VERSIONS_PAGE)
+    records = [r for r in svc.store.list_versions(request.run_id) if r.version > after]
+    page = [_fam_version(record) for record in records[:size]]
+    more = len(records) > size
+    return m.ListVersionsReply(tuple(page), str(page[-1].version) if more else "")
 
 
 def export_version(svc: Services, version: int) -> ModelBlob:
@@ -160,18 +167,42 @@ def export_version(svc: Services, version: int) -> ModelBlob:
     return blob
 
 
-def enrol_site(svc: Services, name: str, description: str) -> m.EnrolSiteReply:
+def enrol_site(svc: Services, name: str, description: str, max_samples: int | None = None) -> m.EnrolSiteReply:
     auth.check_site_name(name)
     token = auth.new_site_token()
-    site = svc.store.add_site(name, description[:1000], auth.hash_token(token), svc.clock())
-    audit_ok(svc, "EnrolSite", description[:200], site=name)
+    site = svc.store.add_site(name, description[:1000], auth.hash_token(token), svc.clock(), max_samples)
+    cap = "" if max_samples is None else f" (max_samples {max_samples})"
+    audit_ok(svc, "EnrolSite", description[:200] + cap, site=name)
     event(log, "site enrolled", site=name)
     svc.notifier.notify()
     return m.EnrolSiteReply(_site(site), token)
 
 
-def list_sites(svc: Services) -> list[m.Site]:
-    return [_site(site) for site in svc.store.list_sites()]
+def list_sites(svc: Services, request: m.ListSitesRequest) -> m.ListSitesReply:
+    """One page of the sites, by name; the token is the last name of the page."""
+    size = _page_size(request.page_size, SITES_PAGE)
+    records = [s for s in svc.store.list_sites() if s.name > request.page_token]
+    page = [_site(site) for site in records[:size]]
+    return m.ListSitesReply(tuple(page), page[-1].name if len(records) > size else "")
+
+
+# (default, largest) page sizes: a page must fit a gRPC message (4 MiB) with every free-text field at its
+# bound (a site ~1 KiB; a version carries one contribution row per site, so far fewer per page).
+SITES_PAGE = (200, 1000)
+VERSIONS_PAGE = (20, 100)
+
+
+def _page_size(requested: int, sizes: tuple[int, int]) -> int:
+    default, largest = sizes
+    return default if requested <= 0 else min(requested, largest)
+
+
+def _page_token_int(token: str) -> int:
+    if not token:
+        return 0
+    if not token.isdigit() or len(token) > 19:
+        raise InvalidArgument(f"page_token {token[:40]!r} is not one this server issued")
+    return int(token)
 
 
 def revoke_site(svc: Services, name: str, reason: str) -> m.Site:

@@ -11,7 +11,9 @@ from datetime import UTC, datetime
 
 from aggregator_service.metrics import Metrics
 from aggregator_service.notifier import Notifier
+from aggregator_service.refusals import RefusalCounter
 from aggregator_service.secure_rounds import SecureRegistry
+from aggregator_service.site_limits import IdleWatch, SiteSlots
 from aggregator_service.store.base import Store
 from fedmedclip.federation.aggregate import SiteUpdate
 from fedmedclip.federation.arrays import Array
@@ -32,6 +34,11 @@ class Limits:
     max_metrics: int = 32  # metric keys per update
     max_metric_name: int = 64
     site_token_grace_s: float = 86_400.0  # `sites rotate`: how long a replaced token keeps working by default
+    max_site_info_chars: int = 256  # each field a site tells about itself (software version, platform...)
+    max_calls_per_site: int = 8  # Federation calls one site may have in flight (long polls included)
+    busy_retry_s: float = 2.0  # the retry hint of a RESOURCE_EXHAUSTED refusal of a per-site limit
+    stream_idle_timeout_s: float = 30.0  # a stream that moves no message for this long is cancelled
+    audit_max_keys: int = 10_000  # distinct refusal keys counted per audit window before the overflow key
 
 
 class Slots:
@@ -147,12 +154,18 @@ class Services:
     leading: threading.Event = field(default_factory=threading.Event)
     secure: SecureRegistry = field(default_factory=SecureRegistry)  # secure rounds' key phases, memory only
     long_polls: Slots = field(init=False)
+    site_slots: SiteSlots = field(init=False)
+    refusals: RefusalCounter = field(init=False)
+    idle_watch: IdleWatch = field(init=False)
     _touched: dict[int, float] = field(default_factory=dict, init=False)
     _touch_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
         self.long_polls = Slots(self.limits.max_long_polls)
         self.leading.set()
+        self.refusals = RefusalCounter(self.limits.audit_max_keys)
+        self.site_slots = SiteSlots(self.limits.max_calls_per_site, self.limits.busy_retry_s)
+        self.idle_watch = IdleWatch(self.limits.stream_idle_timeout_s)
 
     def should_touch(self, site_id: int) -> bool:
         """Rate-limit ``last_seen`` writes: a poll every second must not become a write every second."""

@@ -49,3 +49,13 @@ class Unavailable(ServiceError):  # noqa: N818 - named after its gRPC status cod
     """This process cannot serve now (a standby, or a leader that lost its lease): clients try elsewhere."""
 
     code = "UNAVAILABLE"
+
+
+class ResourceExhausted(ServiceError):  # noqa: N818 - named after its gRPC status code
+    """A per-site limit is full; ``retry_after_s`` tells the client when trying again makes sense."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -32,7 +32,7 @@ from aggregator_service.store.base import (
 )
 from fedmedclip import PROTOCOL_VERSION
 from fedmedclip.federation.aggregate import SiteUpdate, validate_update
-from fedmedclip.federation.codec import decode_update
+from fedmedclip.federation.codec import decode_update, max_payload_bytes
 from fedmedclip.federation.errors import CorruptUpdate, UpdateRejected
 from fedmedclip.federation.fam_bytes import SAFETENSORS, sha256_hex
 from fedmedclip.federation.messages import (
@@ -55,6 +55,8 @@ from fedmedclip.model.fam_layout import fam_shapes
 log = logging.getLogger("aggregator_service")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_METRIC_NAME = re.compile(r"[A-Za-z0-9_.:/-]+")
+MAX_METRIC_MAGNITUDE = 1e12  # a loss, an accuracy or a count: anything larger is a bug or an attack
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ def join(svc: Services, site: SiteRecord, request: JoinRequest) -> JoinReply:
         )
     if protocol[1] != minor:
         event(log, "protocol minor differs", site=site.name, site_protocol=f"{protocol[0]}.{protocol[1]}")
+    _check_site_text(svc, {"software_version": software_version, **asdict(request.site_info)})
     svc.store.touch_site(site.id, svc.clock(), software_version=software_version, site_info=asdict(request.site_info))
     run = svc.store.active_run()
     event(log, "site joined", site=site.name, run=None if run is None else run.id, software=software_version)
@@ -169,11 +172,18 @@ def check_update_header(
         raise InvalidArgument(f"num_samples must be >= 1, got {header.num_samples}")
     _check_metrics(svc, header.metrics)
     run = run_or_not_found(svc, header.run_id)
+    config = RunConfig.from_dict(run.config)
+    # The run's FAM shape bounds a valid payload: refuse a larger one before reading a byte of it.
+    shape_limit = max_payload_bytes(fam_shapes(config.embed_dim))
+    if header.total_bytes > shape_limit:
+        raise InvalidArgument(
+            f"update of {header.total_bytes} bytes exceeds the {shape_limit} bytes any update of this run's "
+            f"FAM (embed_dim {config.embed_dim}) can take"
+        )
     target = svc.store.get_round(run.id, header.round)
     if target is None:
         raise FailedPrecondition(f"run {run.id} has no round {header.round} (yet)")
     existing = svc.store.site_update(target.id, site.id)
-    config = RunConfig.from_dict(run.config)
     if existing is not None and existing.sha256 == header.sha256:
         return config, target, existing  # an idempotent resubmission: acknowledged once the bytes are read
     if run.state != RunState.RUNNING:
@@ -210,7 +220,7 @@ def decode_and_validate(
     """Decode the payload and check it against the run: codec, names, shapes, finite values, norm bound."""
     started, started_cpu = time.perf_counter(), time.thread_time()
     try:
-        update = decode_update(payload, header.sha256)
+        update = decode_update(payload, header.sha256, shapes=fam_shapes(config.embed_dim))
     except CorruptUpdate as exc:
         raise InvalidArgument(f"corrupt update: {exc}") from exc
     if update.codec != config.codec:
@@ -272,7 +282,7 @@ def submit_update(svc: Services, site: SiteRecord, header: UpdateHeader, chunks:
 def heartbeat(svc: Services, site: SiteRecord, request: HeartbeatRequest) -> HeartbeatReply:
     run_id, round_number = request.run_id, request.round
     now = svc.clock()
-    svc.store.touch_site(site.id, now)
+    _touch(svc, site)  # last_seen at most every touch_interval_s: a heartbeat is not a database write
     if request.activity == "budget_spent" and request.run_id:
         record_budget_spent(svc, site, request.run_id, now)
     abandon = False
@@ -312,14 +322,28 @@ def run_or_not_found(svc: Services, run_id: str) -> RunRecord:
     return run
 
 
+def _check_site_text(svc: Services, fields: Mapping[str, object]) -> None:
+    """What a site says about itself is stored and shown to operators: bounded, printable text."""
+    limit = svc.limits.max_site_info_chars
+    for name, value in fields.items():
+        text = str(value)
+        if len(text) > limit:
+            raise InvalidArgument(f"site_info {name} has {len(text)} characters; at most {limit} are accepted")
+        if not text.isprintable():
+            raise InvalidArgument(f"site_info {name} contains control characters")
+
+
 def _check_metrics(svc: Services, metrics: Mapping[str, float]) -> None:
     if len(metrics) > svc.limits.max_metrics:
         raise InvalidArgument(f"{len(metrics)} metrics; at most {svc.limits.max_metrics} are accepted")
     for key, value in metrics.items():
-        if not key or len(key) > svc.limits.max_metric_name:
-            raise InvalidArgument(f"metric name {key[:80]!r} must have 1 to {svc.limits.max_metric_name} characters")
-        if not math.isfinite(value):
-            raise InvalidArgument(f"metric {key!r} is not finite")
+        if not _METRIC_NAME.fullmatch(key) or len(key) > svc.limits.max_metric_name:
+            raise InvalidArgument(
+                f"metric name {key[:80]!r} must have 1 to {svc.limits.max_metric_name} characters of "
+                "letters, digits and _ . : / -"
+            )
+        if not math.isfinite(value) or abs(value) > MAX_METRIC_MAGNITUDE:
+            raise InvalidArgument(f"metric {key!r} must be finite and at most {MAX_METRIC_MAGNITUDE:g} in size")
 
 
 def _touch(svc: Services, site: SiteRecord) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -35,6 +36,7 @@ from fedmedclip.federation.arrays import Array
 from fedmedclip.federation.codec import decode_update
 from fedmedclip.federation.errors import FederationError
 from fedmedclip.federation.fam_bytes import fam_from_bytes, fam_to_bytes, sha256_hex
+from fedmedclip.federation.robust import capped_samples
 from fedmedclip.federation.run_config import RunConfig
 
 log = logging.getLogger("aggregator_service.rounds")
@@ -43,14 +45,15 @@ Decision = Literal["wait", "close", "abandon"]
 IDLE_CHECK_S = 1.0  # how often the engine looks at the clock when nothing wakes it
 
 
-def weighted_metrics(updates: list[UpdateRecord]) -> dict[str, float]:
-    """Sample-weighted mean of each metric over the updates that reported it."""
+def weighted_metrics(updates: list[UpdateRecord], max_samples: int | None = None) -> dict[str, float]:
+    """Sample-weighted mean of each metric over the updates that reported it (weights capped like the FAM's)."""
     sums: dict[str, float] = {}
     weights: dict[str, float] = {}
     for update in updates:
+        weight = capped_samples(update.num_samples, max_samples)
         for key, value in update.metrics.items():
-            sums[key] = sums.get(key, 0.0) + value * update.num_samples
-            weights[key] = weights.get(key, 0.0) + update.num_samples
+            sums[key] = sums.get(key, 0.0) + value * weight
+            weights[key] = weights.get(key, 0.0) + weight
     return {key: sums[key] / weights[key] for key in sorted(sums) if weights[key] > 0}
 
 
@@ -154,13 +157,31 @@ class RoundEngine:
         try:
             decoded = self._decode(updates, current)
             parent = self._state(current.input_version, config.embed_dim)
-            site_updates = [decoded[u.id] for u in updates]
+            # A site's claimed sample count is its weight: capped by the run and by the count the operator
+            # recorded at enrolment (docs/design.md §6).
+            site_caps = {site.name: site.max_samples for site in store.list_sites()}
+            site_updates = [
+                replace(
+                    decoded[u.id],
+                    num_samples=capped_samples(u.num_samples, config.max_samples_per_site, site_caps.get(u.site)),
+                )
+                for u in updates
+            ]
             dp_metrics: dict[str, float] = {}
             if config.privacy.mode == "site":  # DP-FedAvg at this (trusted) aggregator, docs/design.md §3.16
                 new_state, dp_metrics = self._dp_fedavg(run, config, current, parent, site_updates)
             else:
                 # Each update passed validate_update with these shapes and bound when it was accepted.
-                new_state = aggregate(parent, site_updates, config.weighting, config.norm_bound, prevalidated=True)
+                new_state = aggregate(
+                    parent,
+                    site_updates,
+                    config.weighting,
+                    config.norm_bound,
+                    prevalidated=True,
+                    clip_norm=config.clip_norm,
+                    rule=config.aggregation_rule,
+                    trim_fraction=config.trim_fraction,
+                )
         except (FederationError, ValueError, KeyError) as exc:
             # Deterministic: retrying would fail the same way, so the run stops with the reason.
             message = f"aggregation of round {current.number} failed: {exc}"
@@ -177,7 +198,7 @@ class RoundEngine:
                 current.id,
                 NewVersion(data, sha256_hex(data), current.input_version),
                 [u.id for u in updates],
-                {**weighted_metrics(updates), **dp_metrics},
+                {**weighted_metrics(updates, config.max_samples_per_site), **dp_metrics},
                 now,
                 None if final else now + timedelta(seconds=config.round_timeout_s),
             )

@@ -17,6 +17,7 @@ from grpc_health.v1 import health
 from prometheus_client import start_http_server
 from sqlalchemy.engine import make_url
 
+from aggregator_service.audit import AuditWriter
 from aggregator_service.context import Limits, PendingUpdates, Services
 from aggregator_service.leadership import Elector, Lease, hold_sqlite_lock, new_holder_id, refuse_writes
 from aggregator_service.logs import event
@@ -83,6 +84,7 @@ class RunningServer:
     elector: Elector | None = None  # PostgreSQL: active/standby; None: SQLite, single-process
     _metrics_http: Any = None
     _sqlite_lock: Any = None
+    _audit: AuditWriter | None = None  # refusal counts, written off the request path
     _stopped: bool = field(default=False)
 
     @property
@@ -107,6 +109,9 @@ class RunningServer:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+        self.svc.idle_watch.stop()
+        if self._audit is not None:
+            self._audit.stop()  # writes the refusals still counted in memory
         self.svc.store.close()
         if self._sqlite_lock is not None:
             self._sqlite_lock.close()
@@ -141,6 +146,9 @@ def start_server(settings: AggregatorSettings, store: Store | None = None) -> Ru
         poll_wait_cap_s=settings.poll_wait_cap_s,
         max_long_polls=max(1, settings.max_workers // 2),  # the other half serves everything else
         site_token_grace_s=settings.site_token_grace_s,
+        max_calls_per_site=settings.max_calls_per_site,
+        busy_retry_s=settings.busy_retry_s,
+        stream_idle_timeout_s=settings.stream_idle_timeout_s,
     )
     svc = Services(store=store, admin_token=admin_token, limits=limits)
     engine = EngineThread(RoundEngine(svc))
@@ -176,6 +184,7 @@ def start_server(settings: AggregatorSettings, store: Store | None = None) -> Ru
         )
         metrics_port = int(metrics_http.server_port)
 
+    audit = AuditWriter(svc, settings.audit_window_s, settings.audit_retention_days).start()
     elector = None
     if standby:
         assert isinstance(store, SqlStore)
@@ -183,7 +192,7 @@ def start_server(settings: AggregatorSettings, store: Store | None = None) -> Ru
     else:
         engine.start()
     running = RunningServer(
-        settings, svc, server, health_servicer, port, metrics_port, engine, elector, metrics_http, sqlite_lock
+        settings, svc, server, health_servicer, port, metrics_port, engine, elector, metrics_http, sqlite_lock, audit
     )
     event(
         log,

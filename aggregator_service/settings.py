@@ -60,6 +60,17 @@ class AggregatorSettings(ServiceSettings):
     max_update_bytes: int = Field(default=16 << 20, ge=1, description="Largest update payload a site may upload.")
     chunk_bytes: int = Field(default=256 << 10, ge=1 << 10, description="Data bytes per streamed model chunk.")
     max_workers: int = Field(default=64, ge=4, description="gRPC worker threads (long polls hold one each).")
+    max_calls_per_site: int = Field(
+        default=8, ge=2, description="Federation calls one site may have in flight; more get RESOURCE_EXHAUSTED."
+    )
+    busy_retry_s: float = Field(default=2.0, gt=0, description="Retry hint sent with a per-site limit refusal.")
+    stream_idle_timeout_s: float = Field(
+        default=30.0, gt=0, description="A stream (upload or download) that moves nothing this long is cancelled."
+    )
+    audit_window_s: float = Field(
+        default=60.0, gt=0, description="Refusals are counted per peer, call and reason, and written once per window."
+    )
+    audit_retention_days: float = Field(default=90.0, gt=0, description="Audit rows older than this are deleted.")
     poll_wait_cap_s: float = Field(default=20.0, gt=0, description="Longest a PollTask is held before a wait task.")
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="On SIGTERM, how long in-flight calls may finish.")
     torch_threads: int = Field(

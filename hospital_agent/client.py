@@ -4,9 +4,10 @@
   plaintext only to a loopback aggregator with ``insecure_loopback`` (the settings enforce it). Explicit
   message size limits both ways; keepalive pings every 30 s (the aggregator refuses more often than 20 s).
 - Every call carries ``authorization: Bearer <token>``.
-- Retries: only ``UNAVAILABLE`` (aggregator down, restarting, network blip), plus ``DEADLINE_EXCEEDED`` for
-  idempotent calls, with capped exponential backoff and jitter, for as long as it takes (the agent is a
-  service: it outlives aggregator outages). Every call the agent makes is idempotent by the protocol:
+- Retries: only ``UNAVAILABLE`` (aggregator down, restarting, network blip), ``DEADLINE_EXCEEDED`` for
+  idempotent calls, with capped exponential backoff and jitter, and ``RESOURCE_EXHAUSTED`` that carries the
+  aggregator's ``retry-after-ms`` hint (a per-site limit: wait as told), for as long as it takes (the agent
+  is a service: it outlives aggregator outages). Every call the agent makes is idempotent by the protocol:
   ``SubmitUpdate`` of the same bytes is acknowledged as a duplicate. Anything else raises ``AggregatorError``.
 - Failover: ``aggregator`` may list several addresses (active/standby aggregators, docs/design.md §4.7).
   A call that fails with a retryable status moves to the next address before its retry; a standby answers
@@ -278,14 +279,17 @@ class FederationClient:
                 raise AgentStopped from None
             except grpc.RpcError as error:
                 code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-                retryable = code == grpc.StatusCode.UNAVAILABLE or (
-                    idempotent and code == grpc.StatusCode.DEADLINE_EXCEEDED
+                hint = retry_hint_s(error)
+                retryable = (
+                    code == grpc.StatusCode.UNAVAILABLE
+                    or (idempotent and code == grpc.StatusCode.DEADLINE_EXCEEDED)
+                    or hint is not None  # a per-site limit of the aggregator: busy, come back later
                 )
                 if not retryable:
                     raise _failure(method, error) from None
                 self._next_address(method, code)
                 # The first pass over several addresses is quick; backoff grows once per whole pass.
-                delay = self.backoff.delay(attempt // len(self._targets))
+                delay = self.backoff.delay(attempt // len(self._targets)) if hint is None else hint
                 event(
                     log,
                     "aggregator unreachable; retrying",
@@ -301,6 +305,26 @@ class FederationClient:
                 attempt += 1
                 if self.stop.wait(delay):
                     raise AgentStopped from None
+
+
+RETRY_AFTER_MS = "retry-after-ms"  # the aggregator's hint on a RESOURCE_EXHAUSTED per-site limit
+MAX_RETRY_HINT_S = 300.0  # a hint is followed, but never into an hours-long sleep
+
+
+def retry_hint_s(error: grpc.RpcError) -> float | None:
+    """Seconds the aggregator asked us to wait before retrying, for a RESOURCE_EXHAUSTED that carries one.
+
+    A RESOURCE_EXHAUSTED without the hint (a message over the size limit) is not retried: it would fail again.
+    """
+    if not isinstance(error, grpc.Call) or error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    for key, value in error.trailing_metadata() or ():
+        if key == RETRY_AFTER_MS:
+            try:
+                return min(max(int(value) / 1000, 0.0), MAX_RETRY_HINT_S)
+            except ValueError:
+                return None
+    return None
 
 
 def _failure(method: str, error: grpc.RpcError) -> AggregatorError:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -65,10 +66,37 @@ def create_app(settings: ApiSettings, *, backbone: Backbone | None = None) -> Fa
     for router in (predict.router, sites.router, v2.router, ops.router, page.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _document_limits(app, settings)
     # Added last = outermost: the size limit applies before anything reads the body.
     app.add_middleware(MetricsAndHeaders, metrics=metrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app
+
+
+def _document_limits(app: FastAPI, settings: ApiSettings) -> None:
+    """Put this deployment's image-count limit into the OpenAPI document (the routes' schemas are static)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()  # cached by FastAPI: adjusted once, in place
+            for path, operation in schema.get("paths", {}).items():
+                post = operation.get("post", {})
+                for content in post.get("requestBody", {}).get("content", {}).values():
+                    _set_max_items(path, content.get("schema", {}), settings.max_images)
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _set_max_items(path: str, schema: dict[str, Any], max_images: int) -> None:
+    files = schema.get("properties", {}).get("files")
+    if path.endswith("/predict") and files is not None:
+        files["maxItems"] = max_images
+    inputs = schema.get("properties", {}).get("inputs", {})
+    data = inputs.get("items", {}).get("properties", {}).get("data")
+    if path.endswith("/infer") and data is not None:
+        data["maxItems"] = max_images
 
 
 async def _start(settings: ApiSettings, metrics: ApiMetrics, backbone: Backbone | None) -> Services:
@@ -85,7 +113,7 @@ async def _start(settings: ApiSettings, metrics: ApiMetrics, backbone: Backbone 
     )
     if not settings.bundle_root.is_dir():
         log.warning("bundle root %s does not exist yet; not ready until an agent publishes", settings.bundle_root)
-    registry = ModelRegistry(settings.bundle_root, backbone, metrics)
+    registry = ModelRegistry(settings.bundle_root, backbone, metrics, site_timeout_s=settings.bundle_scan_timeout_s)
     await anyio.to_thread.run_sync(registry.scan)
     batcher = MicroBatcher(
         backbone.encode_images,

@@ -21,7 +21,7 @@ import base64
 import binascii
 import math
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,35 @@ def parse_infer_request(body: bytes, header_length: str | None, max_images: int)
         outputs=None if request.outputs is None else [_requested(o) for o in request.outputs],
         binary=request.parameters.get("binary_data_output") is True,
     )
+
+
+async def read_body(chunks: AsyncIterator[bytes], header_length: str | None, max_images: int) -> bytes:
+    """The whole request body; with binary tensor data, the image count is checked from the JSON part as soon
+    as it has arrived, so a request for 1,000 images is a 413 before its binary data is read."""
+    try:
+        length = int(header_length) if header_length is not None else 0
+    except ValueError:
+        length = 0  # parse_infer_request reports it with the whole body
+    pending = 0 < length <= _MAX_JSON_BYTES
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        if pending and len(buffer) >= length:
+            pending = False
+            _check_count_early(bytes(buffer[:length]), max_images)
+    return bytes(buffer)
+
+
+def _check_count_early(json_part: bytes, max_images: int) -> None:
+    try:
+        request = _InferBody.model_validate_json(json_part)
+    except ValidationError:
+        return  # the full parse names the problem
+    for tensor in request.inputs:
+        if tensor.name == INPUT and tensor.shape and all(d >= 0 for d in tensor.shape):
+            count = math.prod(tensor.shape)
+            if count > max_images:
+                raise TooManyImagesError(f"{count} images in one request; the limit is {max_images}")
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:

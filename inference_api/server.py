@@ -14,6 +14,7 @@ from uvicorn.supervisors import Multiprocess
 from fedmedclip.logs import configure_logging
 from fedmedclip.model.backbone import Backbone, BackboneSpec, load_backbone
 from inference_api.app import create_app
+from inference_api.http_protocol import http_protocol
 from inference_api.settings import ApiSettings, load_settings
 
 # How `serve --workers N` hands its --config to the worker processes, which build their own settings.
@@ -66,6 +67,7 @@ def _options(settings: ApiSettings, host: str, port: int) -> dict[str, Any]:
         "access_log": False,  # requests are counted in /metrics; access logs would name patients' uploads
         "timeout_graceful_shutdown": _GRACE_S,
         "server_header": False,
+        "http": http_protocol(),  # uvicorn's own 400s in our JSON error format
         "ssl_certfile": settings.tls_certfile,
         "ssl_keyfile": settings.tls_keyfile,
     }

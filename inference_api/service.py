@@ -14,7 +14,7 @@ from fedmedclip.bundle import Bundle, list_versions
 from fedmedclip.model.ensemble import EnsembleOutput
 from fedmedclip.privacy.ledger import PrivacyGuarantee, describe
 from inference_api.batcher import MicroBatcher
-from inference_api.decoding import Upload, prepare_batch
+from inference_api.decoding import Limits, Upload, default_max_pixels, prepare_batch
 from inference_api.errors import (
     NoBundleError,
     NoImagesError,
@@ -98,16 +98,23 @@ async def classify(
     # Taken once: a hot swap during this request does not change which bundle answers it.
     loaded = pinned_bundle(services, site, version)
     backbone = services.registry.backbone
-    decode = functools.partial(
-        prepare_batch, uploads, backbone.preprocess, limits.max_image_pixels, draft_side=backbone.image_size
-    )
+    decode = functools.partial(prepare_batch, uploads, backbone.preprocess, upload_limits(limits, backbone.image_size))
     if sum(len(upload.data) for upload in uploads) <= limits.inline_decode_bytes:
         pixels = decode()  # small images decode in well under a millisecond: cheaper than a thread hand-off
     else:
         pixels = await anyio.to_thread.run_sync(decode)
     output = await services.batcher.run(pixels, loaded.classifier)
-    services.metrics.images.labels(site).inc(len(uploads))
+    services.metrics.images.inc(len(uploads))
     return Classified(loaded, output)
+
+
+def upload_limits(settings: ApiSettings, input_side: int) -> Limits:
+    """The per-upload limits for a model whose input is ``input_side`` pixels square."""
+    return Limits(
+        max_pixels=settings.max_image_pixels or default_max_pixels(input_side),
+        max_aspect_ratio=settings.max_aspect_ratio,
+        input_side=input_side,
+    )
 
 
 async def predict(services: Services, site: str, uploads: Sequence[Upload]) -> PredictResponse:

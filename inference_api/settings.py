@@ -74,7 +74,25 @@ class ApiSettings(ServiceSettings):
 
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
     max_images: int = Field(16, ge=1, le=256, description="Most images in one predict request.")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (width × height × frames).")
+    max_image_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="Largest image accepted (width × height; × frames × samples for DICOM), checked from its "
+        "header before decoding. Default: 256 × the model's input side² (12.8 MP for a 224 px model).",
+    )
+    max_aspect_ratio: float = Field(
+        20.0,
+        ge=1,
+        description="Thinnest image accepted, longer side : shorter side; also bounds the image after "
+        "preprocessing to this many model inputs.",
+    )
+    bundle_scan_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="How long one site's bundle folder may take to scan; a site that blocks (a FIFO, a hung "
+        "mount) keeps serving what it had and is retried, and never holds up the other sites.",
+    )
 
     inline_decode_bytes: int = Field(
         64 * 1024,

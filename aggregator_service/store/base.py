@@ -41,6 +41,7 @@ class SiteRecord:
     software_version: str = ""
     site_info: Mapping[str, str] = field(default_factory=dict)
     previous_token_expires_at: datetime | None = None  # set by a rotation: the old token's end of grace
+    max_samples: int | None = None  # the operator's cap on the site's aggregation weight
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ class AuditEntry:
     run_id: str | None = None
     round: int | None = None
     site: str | None = None
+    count: int = 1  # refusals: how many calls of this key the row stands for
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,9 @@ class Store(abc.ABC):
 
     # --- sites -----------------------------------------------------------------------------------------
     @abc.abstractmethod
-    def add_site(self, name: str, description: str, token_hash: str, now: datetime) -> SiteRecord:
+    def add_site(
+        self, name: str, description: str, token_hash: str, now: datetime, max_samples: int | None = None
+    ) -> SiteRecord:
         """Raises ``AlreadyExists`` if the name is taken (revoked sites keep their names)."""
 
     @abc.abstractmethod
@@ -354,6 +358,14 @@ class Store(abc.ABC):
     # --- audit -----------------------------------------------------------------------------------------
     @abc.abstractmethod
     def add_audit(self, entry: AuditEntry) -> None: ...
+
+    @abc.abstractmethod
+    def add_audit_batch(self, entries: list[AuditEntry]) -> None:
+        """Several rows in one transaction (the counted refusals of a window)."""
+
+    @abc.abstractmethod
+    def prune_audit(self, before: datetime) -> int:
+        """Delete the rows older than ``before``; returns how many."""
 
     @abc.abstractmethod
     def list_audit(self, limit: int = 100, outcome: str | None = None, run_id: str | None = None) -> list[AuditRecord]:

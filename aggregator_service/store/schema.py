@@ -81,6 +81,7 @@ class SiteRow(Base):
     last_seen: Mapped[datetime | None]
     software_version: Mapped[str] = mapped_column(String(64), default="")
     site_info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    max_samples: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class RunRow(Base):
@@ -202,6 +203,7 @@ class AuditRow(Base):
     run_id: Mapped[str | None] = mapped_column(String(32))
     round: Mapped[int | None] = mapped_column(Integer)
     site: Mapped[str | None] = mapped_column(String(64))
+    count: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class LeaderLeaseRow(Base):

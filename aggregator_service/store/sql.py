@@ -99,7 +99,9 @@ class SqlStore(Store):
             yield session
 
     # --- sites -----------------------------------------------------------------------------------------
-    def add_site(self, name: str, description: str, token_hash: str, now: datetime) -> SiteRecord:
+    def add_site(
+        self, name: str, description: str, token_hash: str, now: datetime, max_samples: int | None = None
+    ) -> SiteRecord:
         try:
             with self._write() as session:
                 if session.scalar(select(SiteRow.id).where(SiteRow.name == name)) is not None:
@@ -112,6 +114,7 @@ class SqlStore(Store):
                     enrolled_at=now,
                     software_version="",
                     site_info={},
+                    max_samples=max_samples,
                 )
                 session.add(row)
                 session.flush()
@@ -560,8 +563,11 @@ class SqlStore(Store):
 
     # --- audit -----------------------------------------------------------------------------------------
     def add_audit(self, entry: AuditEntry) -> None:
+        self.add_audit_batch([entry])
+
+    def add_audit_batch(self, entries: list[AuditEntry]) -> None:
         with self._write() as session:
-            session.add(
+            session.add_all(
                 AuditRow(
                     at=entry.at,
                     actor=entry.actor[:200],
@@ -572,8 +578,14 @@ class SqlStore(Store):
                     run_id=entry.run_id,
                     round=entry.round,
                     site=None if entry.site is None else entry.site[:64],
+                    count=min(entry.count, (1 << 31) - 1),
                 )
+                for entry in entries
             )
+
+    def prune_audit(self, before: datetime) -> int:
+        with self._write() as session:
+            return _rowcount(session.execute(delete(AuditRow).where(AuditRow.at < before)))
 
     def list_audit(self, limit: int = 100, outcome: str | None = None, run_id: str | None = None) -> list[AuditRecord]:
         query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
@@ -593,6 +605,7 @@ class SqlStore(Store):
                     run_id=row.run_id,
                     round=row.round,
                     site=row.site,
+                    count=row.count,
                     id=row.id,
                 )
                 for row in session.scalars(query)
@@ -644,6 +657,7 @@ def _site(row: SiteRow) -> SiteRecord:
         software_version=row.software_version,
         site_info={str(k): str(v) for k, v in (row.site_info or {}).items()},
         previous_token_expires_at=row.previous_token_expires_at,
+        max_samples=row.max_samples,
     )
 
 

@@ -85,19 +85,27 @@ def _naming(path: str | os.PathLike[str]) -> Iterator[None]:
 
 
 def decode_dicom(
-    data: bytes, path: str | os.PathLike[str] = "<bytes>", *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    path: str | os.PathLike[str] = "<bytes>",
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
 ) -> Image.Image:
-    """Decode a DICOM file's first frame to RGB, or raise ``ImageDecodeError``."""
+    """Decode a DICOM file's first frame to RGB, or raise ``ImageDecodeError``.
+
+    With ``min_side``, a frame whose shorter side is at least twice that is first reduced by averaging
+    k × k blocks of stored values (k as large as keeps the shorter side ≥ ``min_side``), so the float copies
+    of windowing cost a k²-th: the inference API passes twice the model's input side."""
     if not data:
         raise ImageDecodeError(path, "empty file")
     if not looks_like_dicom(data):
         raise ImageDecodeError(path, "not a DICOM Part-10 file (no 'DICM' marker and no file meta group)")
     _route_pydicom_logging()
     with _naming(path):
-        return _decode(data, path, max_pixels)
+        return _decode(data, path, max_pixels, min_side)
 
 
-def _decode(data: bytes, path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
+def _decode(data: bytes, path: str | os.PathLike[str], max_pixels: int, min_side: int | None) -> Image.Image:
     import pydicom  # imported here: only DICOM callers pay for it
     from pydicom.errors import InvalidDicomError
 
@@ -128,6 +136,8 @@ def _decode(data: bytes, path: str | os.PathLike[str], max_pixels: int) -> Image
         pixels = np.asarray(dataset.pixel_array)
         if frames > 1:
             pixels = pixels[0]
+        if min_side and str(getattr(dataset, "PhotometricInterpretation", "")).upper() != "PALETTE COLOR":
+            pixels = _reduce(pixels, min_side)  # palette indices cannot be averaged
         return _to_rgb(dataset, pixels)
     except ImageDecodeError:
         raise
@@ -137,6 +147,22 @@ def _decode(data: bytes, path: str | os.PathLike[str], max_pixels: int) -> Image
         detail = "; ".join(line.strip() for line in str(error).splitlines() if line.strip()).replace(":; ", ": ")
         fix = hint(str(syntax)) if syntax else ""
         raise ImageDecodeError(path, f"cannot decode the DICOM pixel data{where}: {detail}{fix}") from error
+
+
+def _reduce(pixels: np.ndarray, min_side: int) -> np.ndarray:
+    """Average k × k blocks (k ≥ 2 only when the shorter side stays ≥ ``min_side``), keeping the dtype."""
+    if pixels.ndim not in (2, 3):
+        return pixels
+    rows, columns = pixels.shape[:2]
+    k = min(rows, columns) // min_side
+    if k < 2:
+        return pixels
+    h, w = rows // k, columns // k
+    blocks = pixels[: h * k, : w * k].reshape(h, k, w, k, *pixels.shape[2:])
+    mean = blocks.mean(axis=(1, 3), dtype=np.float32)  # reduced in chunks: no full-size float copy
+    if np.issubdtype(pixels.dtype, np.integer):
+        mean = np.rint(mean)
+    return mean.astype(pixels.dtype)
 
 
 def _to_rgb(dataset: Dataset, pixels: np.ndarray) -> Image.Image:

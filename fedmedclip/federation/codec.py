@@ -131,17 +131,83 @@ def encode_dense_reference(state: Mapping[str, Any]) -> bytes:
     return zlib.compress(raw, 6)
 
 
+def max_body_bytes(shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """The largest raw body any encoding of a FAM with ``shapes`` has: every row sent at fp32 with its
+    int32 index and fp16 scale. A payload declaring more is refused before it is decompressed."""
+    total = 0
+    for shape in shapes.values():
+        total += 4 * math.prod(shape) + (6 * shape[0] if len(shape) == 2 else 0)
+    return total
+
+
+def max_payload_bytes(shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """An upper bound of a valid payload's size for ``shapes``: the body stored uncompressed (or a little
+    larger, compressed), plus a generous header allowance."""
+    body = max_body_bytes(shapes)
+    return body + body // 64 + (64 << 10)
+
+
+def declared_parts_bytes(header: Mapping[str, Any]) -> int | None:
+    """The body size the header's tensor entries account for (the sum of their parts' lengths), or None when
+    the entries are malformed: decoding then refuses them with a precise message, after a decompression
+    that ``max_body_bytes`` still bounds."""
+    entries = header.get("tensors")
+    if not isinstance(entries, list):
+        return None
+    total, names = 0, set()
+    for entry in entries:
+        parts = entry.get("parts") if isinstance(entry, dict) else None
+        if not isinstance(parts, dict) or entry.get("name") in names:
+            return None
+        names.add(entry.get("name"))
+        for part in parts.values():
+            length = part.get("length") if isinstance(part, dict) else None
+            if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+                return None
+            total += length
+    return total
+
+
+def _shape_check(shapes: Mapping[str, tuple[int, ...]] | None) -> framing.HeaderCheck:
+    """A header check for ``framing.unpack``: the declared raw size is exactly what the tensor entries
+    account for, and (with ``shapes``) every entry has its expected shape. Runs before decompression."""
+
+    def check(header: dict[str, Any], raw_bytes: int) -> None:
+        declared = declared_parts_bytes(header)
+        if declared is not None and declared != raw_bytes:
+            raise CorruptUpdate(
+                f"update body declares {raw_bytes} raw bytes, its tensor entries account for {declared}"
+            )
+        if shapes is None:
+            return
+        for entry in header.get("tensors") or ():
+            if not isinstance(entry, dict):
+                continue  # refused with its own message by the decoding below
+            name, shape = entry.get("name"), entry.get("shape")
+            if isinstance(name, str) and name in shapes and shape != list(shapes[name]):
+                raise CorruptUpdate(f"tensor {name!r}: shape {shape!r}, expected {list(shapes[name])}")
+
+    return check
+
+
 def decode_update(
     payload: bytes,
     expected_sha256: str | None = None,
     max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> SparseUpdate:
-    """Parse and check a payload from ``encode_update``; every defect raises ``CorruptUpdate``."""
+    """Parse and check a payload from ``encode_update``; every defect raises ``CorruptUpdate``.
+
+    With ``shapes`` (the run's FAM shapes) the body may not exceed ``max_body_bytes(shapes)`` either, and
+    a header whose entries do not fit them is refused before anything is decompressed.
+    """
     if expected_sha256 is not None:
         actual = hashlib.sha256(payload).hexdigest()
         if actual != expected_sha256.strip().lower():
             raise CorruptUpdate(f"update sha256 mismatch: announced {expected_sha256}, received {actual}")
-    header, body = framing.unpack(payload, max_decompressed_bytes)
+    if shapes is not None:
+        max_decompressed_bytes = min(max_decompressed_bytes, max_body_bytes(shapes))
+    header, body = framing.unpack(payload, max_decompressed_bytes, _shape_check(shapes))
     codec_settings = header.get("codec")
     if not isinstance(codec_settings, dict):
         raise CorruptUpdate("update header has no 'codec' object")

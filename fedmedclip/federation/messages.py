@@ -320,6 +320,8 @@ class ListRunsReply:
 @dataclass(frozen=True)
 class ListVersionsRequest:
     run_id: str
+    page_size: int = 0  # 0: the server's default
+    page_token: str = ""  # the previous reply's next_page_token; "": the first page
 
 
 @dataclass(frozen=True)
@@ -345,6 +347,7 @@ class FamVersion:
 @dataclass(frozen=True)
 class ListVersionsReply:
     versions: tuple[FamVersion, ...]
+    next_page_token: str = ""  # "": the last page
 
 
 @dataclass(frozen=True)
@@ -367,6 +370,7 @@ class Site:
 class EnrolSiteRequest:
     site: str
     description: str = ""
+    max_samples: int | None = None  # cap on the site's aggregation weight; None: only the run's cap
 
 
 @dataclass(frozen=True)
@@ -390,12 +394,14 @@ class RotateSiteTokenReply:
 
 @dataclass(frozen=True)
 class ListSitesRequest:
-    pass
+    page_size: int = 0  # 0: the server's default
+    page_token: str = ""  # the previous reply's next_page_token; "": the first page
 
 
 @dataclass(frozen=True)
 class ListSitesReply:
     sites: tuple[Site, ...]
+    next_page_token: str = ""  # "": the last page
 
 
 @dataclass(frozen=True)

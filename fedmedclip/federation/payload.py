@@ -11,6 +11,7 @@ import hashlib
 import json
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import zstandard
@@ -54,8 +55,18 @@ def pack(header: dict[str, Any], body: bytes, compression: str) -> bytes:
     return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + compressed
 
 
-def unpack(payload: bytes, max_decompressed_bytes: int) -> tuple[dict[str, Any], bytes]:
-    """Check the framing and return ``(header, decompressed body)``; raise ``CorruptUpdate`` on any flaw."""
+HeaderCheck = Callable[[dict[str, Any], int], None]
+
+
+def unpack(
+    payload: bytes, max_decompressed_bytes: int, check_header: HeaderCheck | None = None
+) -> tuple[dict[str, Any], bytes]:
+    """Check the framing and return ``(header, decompressed body)``; raise ``CorruptUpdate`` on any flaw.
+
+    ``check_header(header, raw_bytes)`` runs after the framing checks and *before* anything is decompressed:
+    the caller compares the declared raw size with what the header's contents imply. Decompression then
+    stops at ``raw_bytes + 1`` bytes, whatever the compressed stream claims.
+    """
     if len(payload) < _PREFIX.size:
         raise CorruptUpdate(f"truncated update: {len(payload)} bytes, shorter than the {_PREFIX.size}-byte prefix")
     magic, version, header_len = _PREFIX.unpack_from(payload)
@@ -91,6 +102,8 @@ def unpack(payload: bytes, max_decompressed_bytes: int) -> tuple[dict[str, Any],
         raise CorruptUpdate(
             f"update body would decompress to {raw_len} bytes, above the limit of {max_decompressed_bytes}"
         )
+    if check_header is not None:
+        check_header(header, raw_len)
     body = _decompress(compressed, body_info.get("compression"), raw_len)
     if len(body) > raw_len:
         raise CorruptUpdate(f"update body decompresses to more than the {raw_len} bytes its header declares")

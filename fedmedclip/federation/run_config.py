@@ -23,6 +23,15 @@ if TYPE_CHECKING:
     from fedmedclip.model.backbone import BackboneSpec
 
 LatePolicy = Literal["accept_until_quorum", "reopen"]
+AggregationRule = Literal["mean", "trimmed_mean", "median"]
+AGGREGATION_RULES: tuple[AggregationRule, ...] = ("mean", "trimmed_mean", "median")
+
+# Upper bounds that keep a run's size and time arithmetic sane (docs/design.md §6): a FAM of width D holds
+# 2·D² floats, so 8192 is 512 MiB already; a deadline further out than 30 days is a typo.
+MAX_EMBED_DIM = 8192
+MAX_ROUNDS = 100_000
+MAX_MIN_SITES = 100_000
+MAX_ROUND_TIMEOUT_S = 30 * 24 * 3600.0
 PreprocessName = Literal["clip", "paper"]
 
 
@@ -72,18 +81,45 @@ class RunConfig:
     codec: CodecConfig = field(default_factory=CodecConfig)
     prompt_templates: tuple[str, ...] = ()  # empty: the library default templates
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # differential privacy (§3.15); off by default
+    max_samples_per_site: int | None = None  # cap on an update's sample weight; None: no run-wide cap
+    clip_norm: float | None = None  # server-side L2 clip of each accepted update; None: no clipping
+    aggregation_rule: AggregationRule = "mean"
+    trim_fraction: float = 0.2  # trimmed mean: fraction of each row's senders cut from each end
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
 
     def __post_init__(self) -> None:
         problems = []
-        if not _is_int(self.embed_dim) or self.embed_dim < 1:
-            problems.append(f"embed_dim must be an integer >= 1, got {self.embed_dim!r}")
-        if not _is_int(self.rounds) or self.rounds < 1:
-            problems.append(f"rounds must be an integer >= 1, got {self.rounds!r}")
-        if not _is_int(self.min_sites) or self.min_sites < 1:
-            problems.append(f"min_sites must be an integer >= 1, got {self.min_sites!r}")
-        if not _is_positive_finite(self.round_timeout_s):
-            problems.append(f"round_timeout_s must be a positive number, got {self.round_timeout_s!r}")
+        if not _is_int(self.embed_dim) or not 1 <= self.embed_dim <= MAX_EMBED_DIM:
+            problems.append(f"embed_dim must be an integer in [1, {MAX_EMBED_DIM}], got {self.embed_dim!r}")
+        if not _is_int(self.rounds) or not 1 <= self.rounds <= MAX_ROUNDS:
+            problems.append(f"rounds must be an integer in [1, {MAX_ROUNDS}], got {self.rounds!r}")
+        if not _is_int(self.min_sites) or not 1 <= self.min_sites <= MAX_MIN_SITES:
+            problems.append(f"min_sites must be an integer in [1, {MAX_MIN_SITES}], got {self.min_sites!r}")
+        if not _is_positive_finite(self.round_timeout_s) or self.round_timeout_s > MAX_ROUND_TIMEOUT_S:
+            problems.append(
+                f"round_timeout_s must be a positive number of at most {MAX_ROUND_TIMEOUT_S:g}, "
+                f"got {self.round_timeout_s!r}"
+            )
+        if self.max_samples_per_site is not None and (
+            not _is_int(self.max_samples_per_site) or self.max_samples_per_site < 1
+        ):
+            problems.append(
+                f"max_samples_per_site must be an integer >= 1 or absent, got {self.max_samples_per_site!r}"
+            )
+        if self.clip_norm is not None and not _is_positive_finite(self.clip_norm):
+            problems.append(f"clip_norm must be a positive number or absent, got {self.clip_norm!r}")
+        if self.aggregation_rule not in AGGREGATION_RULES:
+            rules = ", ".join(AGGREGATION_RULES)
+            problems.append(f"aggregation_rule must be one of {rules}, got {self.aggregation_rule!r}")
+        if not isinstance(self.trim_fraction, int | float) or not 0 <= self.trim_fraction < 0.5:
+            problems.append(f"trim_fraction must be in [0, 0.5), got {self.trim_fraction!r}")
+        if self.secure_aggregation.enabled and (
+            self.aggregation_rule != "mean" or self.clip_norm is not None or self.max_samples_per_site is not None
+        ):
+            problems.append(
+                "aggregation_rule, clip_norm and max_samples_per_site apply to plain rounds; with secure_aggregation "
+                "use secure_aggregation.clip_norm and weight_cap (the server never sees a single update)"
+            )
         if self.late_policy not in ("accept_until_quorum", "reopen"):
             problems.append(f"late_policy must be 'accept_until_quorum' or 'reopen', got {self.late_policy!r}")
         if self.weighting not in ("samples", "uniform"):
@@ -120,6 +156,10 @@ class RunConfig:
             "codec": self.codec.to_dict(),
             "prompt_templates": list(self.prompt_templates),
             "privacy": self.privacy.to_dict(),
+            "max_samples_per_site": self.max_samples_per_site,
+            "clip_norm": self.clip_norm,
+            "aggregation_rule": self.aggregation_rule,
+            "trim_fraction": self.trim_fraction,
             "secure_aggregation": self.secure_aggregation.to_dict(),
         }
 

@@ -18,14 +18,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf import duration_pb2
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from fedmedclip.federation import messages as m
 from fedmedclip.federation.aggregate import Weighting
 from fedmedclip.federation.codec import CodecConfig, Compression, Quantization
 from fedmedclip.federation.messages import SiteActivity
-from fedmedclip.federation.run_config import BackboneRef, LatePolicy, RunConfig
+from fedmedclip.federation.run_config import AggregationRule, BackboneRef, LatePolicy, RunConfig
 from fedmedclip.privacy.config import PrivacyConfig
 from fedmedclip.privacy.ledger import PrivacyLedger
 from fedmedclip.rpc.v1 import admin_pb2 as admin_pb
@@ -56,6 +58,73 @@ _CONTRASTIVE: dict[Contrastive, pb.Contrastive] = {
     "prototype": pb.CONTRASTIVE_PROTOTYPE,
 }
 _PREPROCESS: dict[Preprocess, pb.Preprocess] = {"clip": pb.PREPROCESS_CLIP, "paper": pb.PREPROCESS_PAPER}
+
+# The largest value each integer wire type may carry into the aggregator. Every integer ends in a signed
+# database column: uint64/int64 in a BIGINT (so < 2^63), uint32/int32 in an INTEGER (so < 2^31). Checking
+# here, once, from the descriptors, means a field added later is covered without anyone remembering it.
+_INT_LIMITS: dict[int, tuple[int, int]] = {
+    FieldDescriptor.TYPE_UINT64: (0, (1 << 63) - 1),
+    FieldDescriptor.TYPE_FIXED64: (0, (1 << 63) - 1),
+    FieldDescriptor.TYPE_INT64: (-(1 << 63), (1 << 63) - 1),
+    FieldDescriptor.TYPE_SINT64: (-(1 << 63), (1 << 63) - 1),
+    FieldDescriptor.TYPE_SFIXED64: (-(1 << 63), (1 << 63) - 1),
+    FieldDescriptor.TYPE_UINT32: (0, (1 << 31) - 1),
+    FieldDescriptor.TYPE_FIXED32: (0, (1 << 31) - 1),
+    FieldDescriptor.TYPE_INT32: (-(1 << 31), (1 << 31) - 1),
+    FieldDescriptor.TYPE_SINT32: (-(1 << 31), (1 << 31) - 1),
+    FieldDescriptor.TYPE_SFIXED32: (-(1 << 31), (1 << 31) - 1),
+}
+
+
+# Longest text any string field of a request may hold; stricter bounds apply where the service knows
+# more (a site's self-description: ``Limits.max_site_info_chars``).
+MAX_TEXT_CHARS = 4096
+
+
+class FieldOutOfRangeError(ValueError):
+    """A field of a received message lies outside what the aggregator can store or use."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"field {field} {problem}")
+        self.field = field
+
+
+def check_int_ranges(message: Message, prefix: str = "") -> None:
+    """Raise ``FieldOutOfRangeError`` naming the first integer field of ``message`` (nested messages, repeated
+    fields and maps included) whose value does not fit its column; called on every received request."""
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                _check_text(key, f"{path} key")
+                if value_field.message_type is not None:
+                    check_int_ranges(item, f"{path}[{key!r}].")
+                else:
+                    _check_scalar(value_field, item, f"{path}[{key!r}]")
+            continue
+        items = list(value) if field.is_repeated else [value]
+        for index, item in enumerate(items):
+            where = f"{path}[{index}]" if field.is_repeated else path
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                check_int_ranges(item, f"{where}.")
+            else:
+                _check_scalar(field, item, where)
+
+
+def _check_scalar(field: FieldDescriptor, value: Any, where: str) -> None:
+    if field.type == FieldDescriptor.TYPE_STRING:
+        _check_text(value, where)
+        return
+    limits = _INT_LIMITS.get(field.type)
+    if limits is not None and not limits[0] <= value <= limits[1]:
+        raise FieldOutOfRangeError(where, f"= {value} is out of range [{limits[0]}, {limits[1]}]")
+
+
+def _check_text(value: object, where: str) -> None:
+    if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+        raise FieldOutOfRangeError(where, f"has {len(value)} characters; at most {MAX_TEXT_CHARS} are accepted")
+
 
 # TrainConfig field -> proto field, for the scalar fields copied as they are (betas and contrastive are
 # handled separately). tests/federation/test_serde.py checks that every TrainConfig field is covered.
@@ -167,6 +236,11 @@ _LATE_POLICY: dict[LatePolicy, pb.LatePolicy] = {
     "reopen": pb.LATE_POLICY_REOPEN,
 }
 _WEIGHTING: dict[Weighting, pb.Weighting] = {"samples": pb.WEIGHTING_SAMPLES, "uniform": pb.WEIGHTING_UNIFORM}
+_AGGREGATION_RULE: dict[AggregationRule, pb.AggregationRule] = {
+    "mean": pb.AGGREGATION_RULE_MEAN,
+    "trimmed_mean": pb.AGGREGATION_RULE_TRIMMED_MEAN,
+    "median": pb.AGGREGATION_RULE_MEDIAN,
+}
 
 
 def backbone_ref_to_proto(ref: BackboneRef) -> pb.BackboneSpec:
@@ -209,11 +283,17 @@ def run_config_to_proto(config: RunConfig) -> pb.RunConfig:
         fam_seed=config.fam_seed,
         late_policy=_LATE_POLICY[config.late_policy],
         weighting=_WEIGHTING[config.weighting],
+        aggregation_rule=_AGGREGATION_RULE[config.aggregation_rule],
+        trim_fraction=config.trim_fraction,
     )
     if config.norm_bound is not None:
         message.norm_bound = config.norm_bound
     if config.privacy != PrivacyConfig():
         message.privacy.CopyFrom(privacy_config_to_proto(config.privacy))
+    if config.max_samples_per_site is not None:
+        message.max_samples_per_site = config.max_samples_per_site
+    if config.clip_norm is not None:
+        message.clip_norm = config.clip_norm
     if config.secure_aggregation != SecureAggregationConfig():
         message.secure_aggregation.CopyFrom(secure_config_to_proto(config.secure_aggregation))
     return message
@@ -325,6 +405,12 @@ def run_config_from_proto(message: pb.RunConfig) -> RunConfig:
         codec=codec_config_from_proto(message.codec),
         prompt_templates=tuple(message.prompt_templates),
         privacy=privacy_config_from_proto(message.privacy) if message.HasField("privacy") else PrivacyConfig(),
+        max_samples_per_site=message.max_samples_per_site if message.HasField("max_samples_per_site") else None,
+        clip_norm=message.clip_norm if message.HasField("clip_norm") else None,
+        aggregation_rule=_enum_from_proto(
+            _AGGREGATION_RULE, message.aggregation_rule, "aggregation rule", defaults.aggregation_rule
+        ),
+        trim_fraction=message.trim_fraction if message.HasField("trim_fraction") else defaults.trim_fraction,
         secure_aggregation=(
             secure_config_from_proto(message.secure_aggregation)
             if message.HasField("secure_aggregation")
@@ -935,11 +1021,13 @@ def list_runs_reply_from_proto(message: admin_pb.ListRunsResponse) -> m.ListRuns
 
 
 def list_versions_request_to_proto(request: m.ListVersionsRequest) -> admin_pb.ListVersionsRequest:
-    return admin_pb.ListVersionsRequest(run_id=request.run_id)
+    return admin_pb.ListVersionsRequest(
+        run_id=request.run_id, page_size=request.page_size, page_token=request.page_token
+    )
 
 
 def list_versions_request_from_proto(message: admin_pb.ListVersionsRequest) -> m.ListVersionsRequest:
-    return m.ListVersionsRequest(message.run_id)
+    return m.ListVersionsRequest(message.run_id, message.page_size, message.page_token)
 
 
 def fam_version_to_proto(version: m.FamVersion) -> admin_pb.FamVersion:
@@ -976,11 +1064,13 @@ def fam_version_from_proto(message: admin_pb.FamVersion) -> m.FamVersion:
 
 
 def list_versions_reply_to_proto(reply: m.ListVersionsReply) -> admin_pb.ListVersionsResponse:
-    return admin_pb.ListVersionsResponse(versions=[fam_version_to_proto(v) for v in reply.versions])
+    return admin_pb.ListVersionsResponse(
+        versions=[fam_version_to_proto(v) for v in reply.versions], next_page_token=reply.next_page_token
+    )
 
 
 def list_versions_reply_from_proto(message: admin_pb.ListVersionsResponse) -> m.ListVersionsReply:
-    return m.ListVersionsReply(tuple(fam_version_from_proto(v) for v in message.versions))
+    return m.ListVersionsReply(tuple(fam_version_from_proto(v) for v in message.versions), message.next_page_token)
 
 
 def export_version_request_to_proto(request: m.ExportVersionRequest) -> admin_pb.ExportVersionRequest:
@@ -1017,11 +1107,17 @@ def site_from_proto(message: admin_pb.Site) -> m.Site:
 
 
 def enrol_site_request_to_proto(request: m.EnrolSiteRequest) -> admin_pb.EnrolSiteRequest:
-    return admin_pb.EnrolSiteRequest(site=request.site, description=request.description)
+    message = admin_pb.EnrolSiteRequest(site=request.site, description=request.description)
+    if request.max_samples is not None:
+        message.max_samples = request.max_samples
+    return message
 
 
 def enrol_site_request_from_proto(message: admin_pb.EnrolSiteRequest) -> m.EnrolSiteRequest:
-    return m.EnrolSiteRequest(message.site, message.description)
+    max_samples = message.max_samples if message.HasField("max_samples") else None
+    if max_samples is not None and max_samples < 1:
+        raise ValueError("max_samples must be >= 1 when given")
+    return m.EnrolSiteRequest(message.site, message.description, max_samples)
 
 
 def enrol_site_reply_to_proto(reply: m.EnrolSiteReply) -> admin_pb.EnrolSiteResponse:
@@ -1058,20 +1154,22 @@ def rotate_site_token_reply_from_proto(message: admin_pb.RotateSiteTokenResponse
     )
 
 
-def list_sites_request_to_proto(_request: m.ListSitesRequest) -> admin_pb.ListSitesRequest:
-    return admin_pb.ListSitesRequest()
+def list_sites_request_to_proto(request: m.ListSitesRequest) -> admin_pb.ListSitesRequest:
+    return admin_pb.ListSitesRequest(page_size=request.page_size, page_token=request.page_token)
 
 
-def list_sites_request_from_proto(_message: admin_pb.ListSitesRequest) -> m.ListSitesRequest:
-    return m.ListSitesRequest()
+def list_sites_request_from_proto(message: admin_pb.ListSitesRequest) -> m.ListSitesRequest:
+    return m.ListSitesRequest(message.page_size, message.page_token)
 
 
 def list_sites_reply_to_proto(reply: m.ListSitesReply) -> admin_pb.ListSitesResponse:
-    return admin_pb.ListSitesResponse(sites=[site_to_proto(s) for s in reply.sites])
+    return admin_pb.ListSitesResponse(
+        sites=[site_to_proto(s) for s in reply.sites], next_page_token=reply.next_page_token
+    )
 
 
 def list_sites_reply_from_proto(message: admin_pb.ListSitesResponse) -> m.ListSitesReply:
-    return m.ListSitesReply(tuple(site_from_proto(s) for s in message.sites))
+    return m.ListSitesReply(tuple(site_from_proto(s) for s in message.sites), message.next_page_token)
 
 
 def revoke_site_request_to_proto(request: m.RevokeSiteRequest) -> admin_pb.RevokeSiteRequest:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
 from inference_api import service
 from inference_api.decoding import Upload
 from inference_api.errors import BadRequestError, UnsupportedMediaTypeError, error_responses
+from inference_api.multipart import read_uploads
 from inference_api.routes.deps import ServicesDep, SiteDep
 from inference_api.schemas import PredictResponse
 
@@ -30,7 +30,8 @@ _MULTIPART: dict[str, Any] = {
                         "files": {
                             "type": "array",
                             "minItems": 1,
-                            "items": {"type": "string", "format": "binary"},
+                            "maxItems": 16,  # set from max_images when the app builds its document
+                            "items": {"type": "string", "format": "binary", "minLength": 1},
                             "description": "PNG, JPEG or DICOM images, one part each.",
                         }
                     },
@@ -51,23 +52,15 @@ async def predict(request: Request, site: SiteDep, services: ServicesDep) -> Pre
     """Classify each image with the site's personalised ensemble: the predicted class, the ensemble and
     component probabilities, α, and the bundle version that answered."""
     service.loaded_bundle(services, site)  # 404 / 409 before reading any upload
-    uploads = await _read_uploads(request)
+    uploads = await _read_uploads(request, services.settings.max_images)
     return await service.predict(services, site, uploads)
 
 
-async def _read_uploads(request: Request) -> list[Upload]:
-    content_type = request.headers.get("content-type", "").lower()
-    if not content_type.startswith("multipart/form-data"):
+async def _read_uploads(request: Request, max_images: int) -> list[Upload]:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
         raise UnsupportedMediaTypeError("send the images as multipart/form-data, one file part each (field 'files')")
     try:
-        form = await request.form()
+        return await read_uploads(content_type, request.stream(), max_images)
     except ClientDisconnect as error:  # the client gave up mid-upload; nobody reads this answer
         raise BadRequestError("the client disconnected during the upload") from error
-    try:
-        return [
-            Upload(value.filename, await value.read())
-            for _, value in form.multi_items()
-            if isinstance(value, UploadFile)
-        ]
-    finally:
-        await form.close()

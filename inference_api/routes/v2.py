@@ -130,8 +130,9 @@ async def _infer(request: Request, site: str, services: Services, version: str |
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding != "identity":
         raise UnsupportedMediaTypeError(f"Content-Encoding {encoding[:40]!r} is not supported; send it uncompressed")
-    body = await request.body()
-    parsed = oip.parse_infer_request(body, request.headers.get(oip.HEADER_LENGTH), services.settings.max_images)
+    limit = services.settings.max_images
+    body = await oip.read_body(request.stream(), request.headers.get(oip.HEADER_LENGTH), limit)
+    parsed = oip.parse_infer_request(body, request.headers.get(oip.HEADER_LENGTH), limit)
     del body  # the uploads hold what is needed; let the rest go before the model runs
     oip.check_outputs(site, loaded.bundle, parsed)  # a bad output name fails before any decoding
     classified = await service.classify(

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from aggregator_service import admin_handlers, federation_handlers
-from aggregator_service.audit import record_refusal
+from aggregator_service.audit import flush_refusals, record_refusal
 from aggregator_service.auth import authenticate_admin, authenticate_site
 from aggregator_service.context import Services
 from aggregator_service.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
@@ -124,7 +124,12 @@ def test_a_round_from_join_to_a_new_version(svc: Services, clock: Clock) -> None
     started = admin_handlers.start_run(svc, m.StartRunRequest(config, "unit"))
     joined = federation_handlers.join(svc, site_b, m.JoinRequest(PROTOCOL_VERSION, "0.1.0", m.SiteInfo(device="cpu")))
     assert (joined.run_id, joined.run_config) == (started.run_id, config)
-    assert next(s for s in admin_handlers.list_sites(svc) if s.name == "site-b").site_info.device == "cpu"
+    assert (
+        next(
+            s for s in admin_handlers.list_sites(svc, m.ListSitesRequest()).sites if s.name == "site-b"
+        ).site_info.device
+        == "cpu"
+    )
 
     task = federation_handlers.poll_task(svc, site_a, m.PollTaskRequest(started.run_id, 0))
     assert isinstance(task, m.TrainTask) and (task.round, task.fam_version) == (1, started.initial_version)
@@ -154,7 +159,7 @@ def test_a_round_from_join_to_a_new_version(svc: Services, clock: Clock) -> None
         ("site-a", m.ParticipationState.ACCEPTED, 50),
         ("site-b", m.ParticipationState.ACCEPTED, 50),
     ]
-    versions = admin_handlers.list_versions(svc, started.run_id)
+    versions = admin_handlers.list_versions(svc, m.ListVersionsRequest(started.run_id)).versions
     assert [v.version for v in versions] == [started.initial_version, closed.output_version]
     assert {c.site for c in versions[-1].contributions} == {"site-a", "site-b"}
     assert versions[-1].parent_version == started.initial_version
@@ -185,7 +190,7 @@ def test_refused_updates_store_nothing(svc: Services) -> None:
             header_for(task, started.run_id, update, metrics={"loss": float("nan")}),
             [],
             InvalidArgument,
-            "not finite",
+            "must be finite",
         ),
         (
             header_for(task, started.run_id, update, codec=CodecConfig(quantization="fp16")),
@@ -218,6 +223,7 @@ def test_stop_run_ends_polls_and_is_audited(svc: Services) -> None:
         admin_handlers.stop_run(svc, "nope", "")
     error = FailedPrecondition("round 1 is closed: it accepts no updates")
     record_refusal(svc, "SubmitUpdate", "site-a", error, started.run_id, 1, "site-a")
+    flush_refusals(svc)
     audit = {(a.action, a.outcome) for a in svc.store.list_audit()}
     assert {("EnrolSite", "ok"), ("StartRun", "ok"), ("StopRun", "ok"), ("SubmitUpdate", "refused")} <= audit
     # A refused update shows in the round's participation with its reason.
@@ -234,6 +240,8 @@ def test_start_run_from_a_version_that_does_not_fit(svc: Services) -> None:
     with pytest.raises(NotFound, match="no FAM version 99"):
         admin_handlers.start_run(svc, m.StartRunRequest(run_config(), initial_version=99))
     again = admin_handlers.start_run(svc, m.StartRunRequest(run_config(), initial_version=started.initial_version))
-    first = admin_handlers.list_versions(svc, again.run_id)[0]  # a copy of the old FAM, with its lineage
-    original = admin_handlers.list_versions(svc, started.run_id)[0]
+    first = admin_handlers.list_versions(svc, m.ListVersionsRequest(again.run_id)).versions[
+        0
+    ]  # a copy of the old FAM, with its lineage
+    original = admin_handlers.list_versions(svc, m.ListVersionsRequest(started.run_id)).versions[0]
     assert (first.parent_version, first.sha256) == (started.initial_version, original.sha256)

@@ -65,3 +65,19 @@ def dicom_bytes(
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def thin_png(width: int, height: int = 1) -> bytes:
+    """A black 1-bit greyscale PNG of any size, built by hand: the rows are zlib-compressed as they are
+    generated, so a 40,000,000 × 1 image costs a few kilobytes and no memory to make."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" + bytes((width + 7) // 8)  # filter type 0, then the packed pixels
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

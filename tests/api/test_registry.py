@@ -55,7 +55,7 @@ def test_a_corrupt_new_version_is_refused_logged_once_and_the_old_keeps_serving(
     assert state.pointer == "v2" and "head.safetensors sha256" in (state.error or "")
     refusals = [r for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 1 and "still serving version=v1" in refusals[0].getMessage()
-    assert 'outcome="refused",site="site-a"} 1.0' in registry.metrics.render().decode()
+    assert 'fedmedclip_api_bundle_loads_total{outcome="refused"} 1.0' in registry.metrics.render().decode()
 
     publish(registry.root, "site-a", tiny_backbone, version="v3")  # the agent's next good round
     registry.scan()

@@ -26,6 +26,7 @@ from fedmedclip.federation.codec import (
     decode_update,
     encode_dense_reference,
     encode_update,
+    max_body_bytes,
 )
 from fedmedclip.federation.delta import alive_rows_of, apply_delta, fam_delta
 from fedmedclip.federation.errors import CorruptUpdate
@@ -391,7 +392,24 @@ def test_undeclared_decompression_bomb_is_cut_off(compression: Compression) -> N
         },
     }
     with pytest.raises(CorruptUpdate, match="more than the 1000 bytes"):
+        framing.unpack(frame(header, compressed), 1 << 26)  # the framing's own, streamed cut-off
+    # decode_update refuses the lie before decompressing: no tensor entry accounts for those 1000 bytes.
+    with pytest.raises(CorruptUpdate, match="declares 1000 raw bytes, its tensor entries account for 0"):
         decode_update(frame(header, compressed))
+
+
+def test_a_body_larger_than_the_runs_fam_shape_allows_is_refused_before_decompressing() -> None:
+    shapes = fam_shapes(8)
+    update = encode_update(
+        {n: torch.ones(s) for n, s in shapes.items()},
+        {n: torch.ones(8, dtype=torch.bool) for n in FAM_MATRIX_NAMES},
+        None,
+        CodecConfig(),
+    )
+    assert decode_update(update.payload, shapes=shapes).tensors.keys() == set(shapes)
+    with pytest.raises(CorruptUpdate, match="shape"):
+        decode_update(update.payload, shapes=fam_shapes(4))  # a run of width 4: the body cannot fit
+    assert max_body_bytes(shapes) < 2000
 
 
 def test_body_that_does_not_decompress() -> None:
@@ -440,7 +458,11 @@ def _write_indices(values: list[int]) -> Mutation:
 
 HEADER_CASES = [
     ("offset out of range", _set(("m1.weight", "parts", "values", "offset"), 10**9), "outside the"),
-    ("wrong value size", _set(("m1.weight", "parts", "values", "length"), 7), "7 bytes, expected"),
+    (
+        "wrong value size",
+        _set(("m1.weight", "parts", "values", "length"), 7),
+        "entries account for",
+    ),  # caught before decompressing
     ("wrong dtype", _set(("m1.weight", "parts", "values", "dtype"), "float64"), "dtype 'float64'"),
     ("negative offset", _set(("m1.weight", "parts", "values", "offset"), -1), "'offset' must be an integer"),
     ("boolean length", _set(("m1.weight", "parts", "values", "length"), True), "'length' must be an integer"),

@@ -181,16 +181,22 @@ class SiteParticipation(_message.Message):
     def __init__(self, site: _Optional[str] = ..., state: _Optional[_Union[ParticipationState, str]] = ..., num_samples: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., message: _Optional[str] = ..., privacy: _Optional[_Union[_common_pb2.PrivacyLedger, _Mapping]] = ...) -> None: ...
 
 class ListVersionsRequest(_message.Message):
-    __slots__ = ("run_id",)
+    __slots__ = ("run_id", "page_size", "page_token")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     run_id: str
-    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, run_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListVersionsResponse(_message.Message):
-    __slots__ = ("versions",)
+    __slots__ = ("versions", "next_page_token")
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     versions: _containers.RepeatedCompositeFieldContainer[FamVersion]
-    def __init__(self, versions: _Optional[_Iterable[_Union[FamVersion, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, versions: _Optional[_Iterable[_Union[FamVersion, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class FamVersion(_message.Message):
     __slots__ = ("version", "run_id", "round", "parent_version", "sha256", "size_bytes", "format", "created_at", "contributions")
@@ -231,12 +237,14 @@ class ExportVersionRequest(_message.Message):
     def __init__(self, version: _Optional[int] = ...) -> None: ...
 
 class EnrolSiteRequest(_message.Message):
-    __slots__ = ("site", "description")
+    __slots__ = ("site", "description", "max_samples")
     SITE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     site: str
     description: str
-    def __init__(self, site: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+    max_samples: int
+    def __init__(self, site: _Optional[str] = ..., description: _Optional[str] = ..., max_samples: _Optional[int] = ...) -> None: ...
 
 class EnrolSiteResponse(_message.Message):
     __slots__ = ("site", "token")
@@ -247,14 +255,20 @@ class EnrolSiteResponse(_message.Message):
     def __init__(self, site: _Optional[_Union[Site, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
 
 class ListSitesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListSitesResponse(_message.Message):
-    __slots__ = ("sites",)
+    __slots__ = ("sites", "next_page_token")
     SITES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     sites: _containers.RepeatedCompositeFieldContainer[Site]
-    def __init__(self, sites: _Optional[_Iterable[_Union[Site, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, sites: _Optional[_Iterable[_Union[Site, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RevokeSiteRequest(_message.Message):
     __slots__ = ("site", "reason")

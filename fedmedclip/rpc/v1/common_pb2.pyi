@@ -36,6 +36,13 @@ class Compression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COMPRESSION_ZLIB: _ClassVar[Compression]
     COMPRESSION_NONE: _ClassVar[Compression]
 
+class AggregationRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AGGREGATION_RULE_UNSPECIFIED: _ClassVar[AggregationRule]
+    AGGREGATION_RULE_MEAN: _ClassVar[AggregationRule]
+    AGGREGATION_RULE_TRIMMED_MEAN: _ClassVar[AggregationRule]
+    AGGREGATION_RULE_MEDIAN: _ClassVar[AggregationRule]
+
 class LatePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     LATE_POLICY_UNSPECIFIED: _ClassVar[LatePolicy]
@@ -66,6 +73,10 @@ COMPRESSION_UNSPECIFIED: Compression
 COMPRESSION_ZSTD: Compression
 COMPRESSION_ZLIB: Compression
 COMPRESSION_NONE: Compression
+AGGREGATION_RULE_UNSPECIFIED: AggregationRule
+AGGREGATION_RULE_MEAN: AggregationRule
+AGGREGATION_RULE_TRIMMED_MEAN: AggregationRule
+AGGREGATION_RULE_MEDIAN: AggregationRule
 LATE_POLICY_UNSPECIFIED: LatePolicy
 LATE_POLICY_ACCEPT_UNTIL_QUORUM: LatePolicy
 LATE_POLICY_REOPEN: LatePolicy
@@ -136,7 +147,7 @@ class CodecConfig(_message.Message):
     def __init__(self, rho: _Optional[float] = ..., quantization: _Optional[_Union[Quantization, str]] = ..., compression: _Optional[_Union[Compression, str]] = ...) -> None: ...
 
 class RunConfig(_message.Message):
-    __slots__ = ("backbone", "train", "codec", "rounds", "embed_dim", "min_sites", "round_timeout", "prompt_templates", "fam_seed", "late_policy", "weighting", "norm_bound", "privacy", "secure_aggregation")
+    __slots__ = ("backbone", "train", "codec", "rounds", "embed_dim", "min_sites", "round_timeout", "prompt_templates", "fam_seed", "late_policy", "weighting", "norm_bound", "privacy", "max_samples_per_site", "clip_norm", "aggregation_rule", "trim_fraction", "secure_aggregation")
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +161,10 @@ class RunConfig(_message.Message):
     WEIGHTING_FIELD_NUMBER: _ClassVar[int]
     NORM_BOUND_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    MAX_SAMPLES_PER_SITE_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_RULE_FIELD_NUMBER: _ClassVar[int]
+    TRIM_FRACTION_FIELD_NUMBER: _ClassVar[int]
     SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     backbone: BackboneSpec
     train: TrainConfig
@@ -164,8 +179,12 @@ class RunConfig(_message.Message):
     weighting: Weighting
     norm_bound: float
     privacy: PrivacyConfig
+    max_samples_per_site: int
+    clip_norm: float
+    aggregation_rule: AggregationRule
+    trim_fraction: float
     secure_aggregation: SecureAggregationConfig
-    def __init__(self, backbone: _Optional[_Union[BackboneSpec, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., codec: _Optional[_Union[CodecConfig, _Mapping]] = ..., rounds: _Optional[int] = ..., embed_dim: _Optional[int] = ..., min_sites: _Optional[int] = ..., round_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., prompt_templates: _Optional[_Iterable[str]] = ..., fam_seed: _Optional[int] = ..., late_policy: _Optional[_Union[LatePolicy, str]] = ..., weighting: _Optional[_Union[Weighting, str]] = ..., norm_bound: _Optional[float] = ..., privacy: _Optional[_Union[PrivacyConfig, _Mapping]] = ..., secure_aggregation: _Optional[_Union[SecureAggregationConfig, _Mapping]] = ...) -> None: ...
+    def __init__(self, backbone: _Optional[_Union[BackboneSpec, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., codec: _Optional[_Union[CodecConfig, _Mapping]] = ..., rounds: _Optional[int] = ..., embed_dim: _Optional[int] = ..., min_sites: _Optional[int] = ..., round_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., prompt_templates: _Optional[_Iterable[str]] = ..., fam_seed: _Optional[int] = ..., late_policy: _Optional[_Union[LatePolicy, str]] = ..., weighting: _Optional[_Union[Weighting, str]] = ..., norm_bound: _Optional[float] = ..., privacy: _Optional[_Union[PrivacyConfig, _Mapping]] = ..., max_samples_per_site: _Optional[int] = ..., clip_norm: _Optional[float] = ..., aggregation_rule: _Optional[_Union[AggregationRule, str]] = ..., trim_fraction: _Optional[float] = ..., secure_aggregation: _Optional[_Union[SecureAggregationConfig, _Mapping]] = ...) -> None: ...
 
 class PrivacyConfig(_message.Message):
     __slots__ = ("mode", "target_epsilon", "delta", "clip_norm", "noise_multiplier", "batch_size", "site_noise_multiplier", "site_count_noise", "site_target_quantile", "site_initial_clip", "site_clip_lr", "site_sample_rate")
