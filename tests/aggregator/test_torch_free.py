@@ -18,7 +18,6 @@ from fedmedclip.federation.fam_bytes import fam_from_bytes
 from fedmedclip.rpc.v1 import admin_pb2
 from tests.aggregator.helpers import ADMIN_TOKEN, DIM, AdminStub, SiteClient, make_update, run_config
 
-
 SERVER = textwrap.dedent(
     """
     import importlib, json, pkgutil, sys
