@@ -139,8 +139,10 @@ def encode_site(
         total[name] = value
     if not all(np.all(np.isfinite(value)) for value in total.values()):
         raise ValueError("the update holds non-finite values")
+    # Dead rows are sent as zeros and, as in plain mode (docs/design.md §3.8), their leftover is dropped, not
+    # carried: a dead row does not act on the model, and a carried residual would flood it when it revives.
     masked_total = dict(total)
-    for name in MATRIX_NAMES:  # dead rows are sent as zeros; their values wait in the residual
+    for name in MATRIX_NAMES:
         dead = ~np.asarray(alive_rows[name], dtype=bool)
         masked_total[name] = np.where(dead[:, None], 0.0, total[name])
     sent = layout.flatten(masked_total)
@@ -152,7 +154,7 @@ def encode_site(
     clamped = int(np.count_nonzero(np.abs(raw) > config.levels))
     quantised = np.clip(raw, -config.levels, config.levels).astype(np.int64)
     sent_back = layout.unflatten(quantised.astype(np.float64) * config.scale)
-    new_residual = {name: value.copy() for name, value in total.items()}
+    new_residual = {name: value.copy() for name, value in masked_total.items()}
     for name in MATRIX_NAMES:
         new_residual[name][layout.rows[name]] -= sent_back[name]
     for name in VECTOR_NAMES:

@@ -35,10 +35,10 @@ def larger_sites(tmp_path_factory: pytest.TempPathFactory) -> SynthSummary:
 def federate(aggregator: Aggregator, synth: SynthSummary, tokens: dict[str, str], label: str, secure: bool) -> float:
     """One run with fresh agent state; returns the sites' mean validation ensemble accuracy of the final FAM."""
     work = aggregator.workdir / label
-    # Both modes send every row at full precision (plain: fp32 codec, ρ = 1; secure: ρ = 1, 14-bit fixed point,
-    # 22-bit modulus for 3 sites), so the comparison is of the secure machinery (masks, fixed point, weights
+    # Both modes send every row at full precision (plain: fp32 codec, ρ = 1; secure: ρ = 1, 16-bit fixed point,
+    # 24-bit modulus for 3 sites), so the comparison is of the secure machinery (masks, fixed point, weights
     # under the masks, error feedback), not of how much either mode compresses. docs/design.md §6.4.
-    secure_config = SecureAggregationConfig(enabled=secure, precision_bits=14, row_fraction=1.0, phase_timeout_s=30.0)
+    secure_config = SecureAggregationConfig(enabled=secure, precision_bits=16, row_fraction=1.0, phase_timeout_s=30.0)
     codec = CodecConfig(rho=1.0, quantization="fp32")
     config = tiny_run(rounds=ROUNDS, min_sites=3, secure_aggregation=secure_config, codec=codec)
     run_id = aggregator.start_run(config)
