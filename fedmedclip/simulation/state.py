@@ -42,8 +42,13 @@ class SiteStateStore:
         return state
 
     def put(self, site: int, state: Mapping[str, torch.Tensor]) -> None:
-        # Own contiguous copies on the CPU: holding a view would keep a whole stacked shard tensor alive.
-        own = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in state.items()}
+        # Own contiguous copies (a view would keep a whole stacked shard tensor alive), on the shard's device
+        # while in memory, on the CPU for a file.
+        device = None if self.directory is None else "cpu"
+        own = {
+            name: tensor.detach().to(device, copy=True, memory_format=torch.contiguous_format)
+            for name, tensor in state.items()
+        }
         self._bytes[site] = sum(t.numel() * t.element_size() for t in own.values())
         if self.directory is None:
             self._memory[site] = own
