@@ -312,7 +312,7 @@ def main() -> None:
 
     report: dict[str, Any] = {
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": options.device},
-        "settings": {k: v for k, v in vars(options).items() if k != "results"},
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items() if k != "results"},
     }
     print(
         f"throughput: shard of {options.shard_size} sites × {options.samples} × {options.dim}-d, "
