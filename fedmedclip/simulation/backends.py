@@ -5,6 +5,7 @@ Both backends run the same ``Shard`` code on the same per-shard data, so one see
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -52,6 +53,8 @@ class LocalBackend:
         return [shard.memory() for shard in self.shards]
 
     def close(self) -> None:
+        for shard in self.shards:
+            shard.close()
         self.shards.clear()
 
 
@@ -74,6 +77,9 @@ class _ShardActor:
 
     def memory(self) -> ShardMemory:
         return self.shard.memory()
+
+    def close(self) -> None:
+        self.shard.close()
 
 
 class RayBackend:
@@ -129,6 +135,9 @@ class RayBackend:
         return memories
 
     def close(self) -> None:
+        # Let each actor delete its state files before it goes; a dead actor has nothing left to close.
+        with contextlib.suppress(self._ray.exceptions.RayError):
+            self._ray.get([actor.close.remote() for actor in self.actors], timeout=60)
         for actor in self.actors:
             self._ray.kill(actor)
         self.actors = []

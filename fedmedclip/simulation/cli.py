@@ -20,6 +20,10 @@ def simulate(
     ray_address: Annotated[
         str | None, typer.Option("--ray-address", help="Join this Ray cluster ('auto' or ray://host:10001).")
     ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option("--state-dir", help="Keep trained sites' heads and residuals in files here, not in memory."),
+    ] = None,
 ) -> None:
     """Simulate many sites with the system's own training, codec and aggregation code (docs/simulation.md).
 
@@ -49,6 +53,8 @@ def simulate(
             settings = settings.model_copy(
                 update={"backend": "ray", "ray": settings.ray.model_copy(update={"address": ray_address})}
             )
+        if state_dir is not None:
+            settings = settings.model_copy(update={"state_dir": state_dir})
         out_dir = out or Path("runs") / settings.name
         outcome = run_simulation(settings, on_round=show)
         paths = write_reports(outcome, out_dir)

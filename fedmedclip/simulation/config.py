@@ -74,6 +74,7 @@ class SimulateConfig(_Strict):
     codec_threads: int = Field(default=0, ge=0)  # encode a shard's uploads in parallel (0 or 1: one by one)
     device: str = "cpu"  # "cuda" trains the shards on the GPU
     max_shard_memory_mb: float = Field(default=4096.0, gt=0.0)  # refuse shards whose state would exceed this
+    state_dir: Path | None = None  # keep trained sites' heads and residuals in files here, not in memory
     ray: RaySettings = RaySettings()
 
     @field_validator("train")
@@ -128,4 +129,6 @@ def parse_simulate_config(
     if base_dir is not None and isinstance(data, EmbeddingSites) and not data.path.expanduser().is_absolute():
         fixed = data.model_copy(update={"path": base_dir / data.path.expanduser()})
         config = config.model_copy(update={"sites": config.sites.model_copy(update={"data": fixed})})
+    if base_dir is not None and config.state_dir is not None and not config.state_dir.expanduser().is_absolute():
+        config = config.model_copy(update={"state_dir": base_dir / config.state_dir.expanduser()})
     return config

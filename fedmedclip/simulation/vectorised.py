@@ -13,6 +13,7 @@ step (the caller groups sites into such buckets). Pure computation, no I/O.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -23,6 +24,7 @@ from torch.func import functional_call, vmap
 
 from fedmedclip.model.fam import FeatureAdaptationModule, build_fam
 from fedmedclip.model.head import PrivateHead, build_head
+from fedmedclip.model.masked import MaskedLinear, fold_masks
 from fedmedclip.training.config import TrainConfig
 from fedmedclip.training.local_round import compute_loss, recalibrate_batchnorm, shuffled_batches
 
@@ -163,6 +165,7 @@ def train_shard_round(
         betas=config.betas,
         eps=config.eps,
         weight_decay=config.weight_decay,
+        fused=True,
     )
     site_batches = [_site_batches(num_samples, config, seed, round_index) for seed in seeds]
     labels = labels.to(device)
@@ -222,15 +225,62 @@ def _recalibrate_each(
     features: torch.Tensor,
     batch_size: int,
 ) -> list[int]:
-    """The real ``recalibrate_batchnorm`` per site (the modules hold views, so the stacked buffers update);
-    returns each site's count of alive FAM rows."""
-    alive = []
+    """The real ``recalibrate_batchnorm`` per site; returns each site's count of alive FAM rows.
+
+    The modules are folded first (``fold_masks``: each ``MaskedLinear`` becomes the ``nn.Linear`` with its
+    row mask applied, the same outputs), and every site's masked weights are computed once for the whole
+    shard, so the pass does not recompute row scores and masks for every batch of every site. The BatchNorm
+    buffers are views of the stacked ones, so the recalibrated statistics land in ``head_tensors``.
+    """
+    masked = {**_masked_weights(fam, fam_tensors), **_masked_weights(head, head_tensors)}
+    fam_alive = _alive_masks(fam, fam_tensors)
+    alive = [int(n) for n in (fam_alive["m1"].sum(dim=-1) + fam_alive["m2"].sum(dim=-1)).tolist()]
+    folded_fam, folded_head = fold_masks(copy.deepcopy(fam)), fold_masks(copy.deepcopy(head))
+    fam_names, head_names = set(folded_fam.state_dict()), set(folded_head.state_dict())
     for site in range(features.shape[0]):
-        fam.load_state_dict({n: t[site] for n, t in fam_tensors.items()}, assign=True)
-        head.load_state_dict({n: t[site] for n, t in head_tensors.items()}, assign=True)
-        recalibrate_batchnorm(fam, head, features[site], batch_size)
-        alive.append(sum(int(layer.alive_rows().sum()) for layer in (fam.m1, fam.m2)))
+        fam_state = {n: masked[n][site] if n in masked else fam_tensors[n][site] for n in fam_names}
+        folded_fam.load_state_dict(fam_state, assign=True)
+        head_state = {n: masked[n][site] if n in masked else head_tensors[n][site] for n in head_names}
+        folded_head.load_state_dict(head_state, assign=True)
+        recalibrate_batchnorm(
+            cast(FeatureAdaptationModule, folded_fam), cast(PrivateHead, folded_head), features[site], batch_size
+        )
     return alive
+
+
+class _RowScores(nn.Module):
+    """``layer.row_scores()`` as a forward, so ``functional_call`` + ``vmap`` run the model's own rule."""
+
+    def __init__(self, layer: MaskedLinear) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self) -> torch.Tensor:
+        return self.layer.row_scores()
+
+
+def _alive_masks(module: nn.Module, tensors: Stacked) -> dict[str, torch.Tensor]:
+    """Per masked layer (by module name), every site's alive rows (``MaskedLinear.alive_rows``), S × rows."""
+    masks = {}
+    for name, layer in module.named_modules():
+        if isinstance(layer, MaskedLinear):
+            scores = _RowScores(layer)
+
+            def site_scores(weight: torch.Tensor, kappa: torch.Tensor, scores: _RowScores = scores) -> torch.Tensor:
+                out = functional_call(scores, {"layer.weight": weight, "layer.kappa": kappa}, (), strict=False)
+                assert isinstance(out, torch.Tensor)
+                return out
+
+            masks[name] = vmap(site_scores)(tensors[f"{name}.weight"], tensors[f"{name}.kappa"]) > 0
+    return masks
+
+
+def _masked_weights(module: nn.Module, tensors: Stacked) -> Stacked:
+    """Every site's weights with its row masks applied, as ``MaskedLinear.to_linear`` folds them."""
+    return {
+        f"{name}.weight": tensors[f"{name}.weight"] * alive.to(tensors[f"{name}.weight"].dtype).unsqueeze(-1)
+        for name, alive in _alive_masks(module, tensors).items()
+    }
 
 
 def _round_metrics(

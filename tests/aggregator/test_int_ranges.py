@@ -138,6 +138,7 @@ def _base_requests(run_id: str) -> dict[str, tuple[str, Message]]:
         "EnrolSite": ("admin", admin_pb2.EnrolSiteRequest(site="other-site")),
         "ListSites": ("admin", admin_pb2.ListSitesRequest()),
         "RevokeSite": ("admin", admin_pb2.RevokeSiteRequest(site="no-such-site")),
+        "RotateSiteToken": ("admin", admin_pb2.RotateSiteTokenRequest(site="no-such-site")),
     }
 
 

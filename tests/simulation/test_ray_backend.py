@@ -27,5 +27,7 @@ def test_ray_and_local_agree_bit_for_bit(small_config: dict[str, Any]) -> None:
     ]
     # Two actors, each reporting its own shard's state and its own process's memory.
     assert [m.shard for m in ray.memory] == [0, 1]
-    assert all(m.state_bytes == local.memory[0].state_bytes for m in ray.memory)
+    assert [(m.state_bytes, m.sites_with_state) for m in ray.memory] == [
+        (m.state_bytes, m.sites_with_state) for m in local.memory
+    ]
     assert all(m.peak_rss_bytes > 0 for m in ray.memory)

@@ -120,3 +120,23 @@ def test_parallel_encoding_gives_the_same_result(small_config: dict[str, Any]) -
     parallel = run_simulation(parse_simulate_config({**small_config, "rounds": 1, "codec_threads": 3}))
     assert all(torch.equal(t, parallel.global_fam[n]) for n, t in serial.global_fam.items())
     assert serial.rounds[0].upload_bytes == parallel.rounds[0].upload_bytes
+
+
+def test_only_trained_sites_hold_state_and_files_give_the_same_result(
+    small_config: dict[str, Any], tmp_path: Path
+) -> None:
+    raw = {**small_config, "rounds": 1, "participation": 0.5, "dropout": 0.0, "stragglers": 0.0}
+    in_memory = run_simulation(parse_simulate_config(raw))
+    # Half the sites trained: only they hold a head and a residual, the others only their embeddings.
+    assert sum(m.sites_with_state for m in in_memory.memory) == in_memory.rounds[0].trained == 6
+    data_only = run_simulation(parse_simulate_config({**raw, "participation": 1 / 12})).memory
+    assert sum(m.state_bytes for m in in_memory.memory) > sum(m.state_bytes for m in data_only) + 5 * 16 * 32 * 4
+    # Two rounds, so heads and residuals are read back from the files.
+    twice = run_simulation(parse_simulate_config({**raw, "rounds": 2}))
+    on_disk = run_simulation(parse_simulate_config({**raw, "rounds": 2, "state_dir": str(tmp_path / "state")}))
+    assert all(torch.equal(t, on_disk.global_fam[n]) for n, t in twice.global_fam.items())
+    assert on_disk.final_site_accuracy == twice.final_site_accuracy
+    assert [r.upload_bytes for r in on_disk.rounds] == [r.upload_bytes for r in twice.rounds]
+    assert sum(m.disk_bytes for m in on_disk.memory) > 0
+    assert sum(m.state_bytes for m in on_disk.memory) < sum(m.state_bytes for m in twice.memory)
+    assert not any((tmp_path / "state").rglob("*.pt"))  # the run's scratch files are gone

@@ -37,7 +37,7 @@ def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return features, labels, prototypes
 
 
-def _real_round(features, labels, prototypes, global_fam, heads, residuals, round_index):  # type: ignore[no-untyped-def]
+def _real_round(features, labels, prototypes, global_fam, heads, residuals, round_index):
     results, encoded = [], []
     for site in range(SITES):
         result = train_local_round(
