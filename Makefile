@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 
 .PHONY: install test test-heavy lint format proto proto-check demo e2e-compose postgres bench bench-gpu bench-p4 bench-p5 clean
 
-# (Re)install when pyproject.toml changes. pip resolves torch/torchvision/open_clip (DESIGN.md §10).
+# (Re)install when pyproject.toml changes. pip resolves torch/torchvision/open_clip (docs/design.md §10).
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

@@ -1,4 +1,4 @@
-"""The FedMedCLIP aggregator: gRPC rounds, FAM versions in a database, site auth (DESIGN.md §4–§6).
+"""The FedMedCLIP aggregator: gRPC rounds, FAM versions in a database, site auth (docs/design.md §4–§6).
 
 Layers: ``transport`` (gRPC ↔ ``fedmedclip.federation.messages``) → ``federation_handlers``,
 ``admin_handlers``, ``auth``, ``audit`` and ``rounds`` (plain logic) → ``store`` (the ``Store`` interface and

@@ -1,4 +1,4 @@
-"""P4 (DESIGN.md §11): REST predict latency and batched throughput against raw ``encode_images``.
+"""P4 (docs/design.md §11): REST predict latency and batched throughput against raw ``encode_images``.
 
 Everything is measured side by side in one process with one backbone object: the API runs under uvicorn on
 127.0.0.1 (a real socket, multipart, PNG decoding, auth, micro-batching, FAM + head, JSON), and the "raw"

@@ -1,4 +1,4 @@
-"""The personalised bundle: what the agent publishes after each round and the inference API serves (DESIGN.md §7).
+"""The personalised bundle: what the agent publishes after each round and the inference API serves (docs/design.md §7).
 
 Layout, one folder per site and one immutable folder per version::
 

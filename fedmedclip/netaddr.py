@@ -8,7 +8,7 @@ import ipaddress
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1), False for anything else.
 
-    Plaintext transport is allowed only towards such addresses (DESIGN.md §6).
+    Plaintext transport is allowed only towards such addresses (docs/design.md §6).
     """
     name = host.strip().strip("[]").lower()
     if name == "localhost":

@@ -4,6 +4,6 @@ Modules: ``settings`` (configuration), ``adapters`` (site data), ``client`` (gRP
 ``heartbeat``, ``state`` (what survives a restart), ``session`` (per-run preparation: backbone, embeddings),
 ``trainer`` (local round → update; evaluation), ``publish`` (bundles for the inference API), ``loop`` (the
 service), ``cli`` (``run``, ``embed``, ``status``). Only FAM update bytes, sample counts and aggregate metrics
-ever leave the site (DESIGN.md §1). Importing this package is cheap: torch, open_clip and grpc load only when
+ever leave the site (docs/design.md §1). Importing this package is cheap: torch, open_clip and grpc load only when
 a command needs them.
 """

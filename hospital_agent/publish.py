@@ -1,4 +1,4 @@
-"""Publishing the personalised bundle (DESIGN.md §7) that the inference API hot-reloads.
+"""Publishing the personalised bundle (docs/design.md §7) that the inference API hot-reloads.
 
 ``fedmedclip.bundle.write_bundle`` does the atomic work (complete version folder first, then the ``current``
 pointer); this adds retention, so that a long-running agent does not fill the disk with old versions.

@@ -66,7 +66,7 @@ class ApiSettings(ServiceSettings):
         False, description="Serve without keys. Loopback only; for demos and local tests."
     )
 
-    tls_certfile: Path | None = Field(None, description="PEM certificate chain: serve HTTPS (DESIGN.md §6).")
+    tls_certfile: Path | None = Field(None, description="PEM certificate chain: serve HTTPS (docs/design.md §6).")
     tls_keyfile: Path | None = Field(None, description="PEM private key for tls_certfile.")
     allow_plaintext: bool = Field(
         False, description="Serve plain HTTP on a non-loopback address (only behind a TLS-terminating proxy)."

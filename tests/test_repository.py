@@ -67,11 +67,6 @@ def test_nothing_but_old_design_citations_points_outside_the_repository():
     assert not offenders, "\n".join(f"{path}:{number}: {line}" for path, number, line in offenders)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="code comments still cite the external design file by its old name and a section number until "
-    "the coordinator's sweep rewrites them to 'docs/design.md §N' after all branches merge (issue 10)",
-)
 def test_no_tracked_file_points_outside_the_repository():
     offenders = _offending_lines()
     assert not offenders, "\n".join(f"{path}:{number}: {line}" for path, number, line in offenders)

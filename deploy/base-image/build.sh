@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build a minimal Debian + Python 3.11 base image locally (debootstrap → docker import), for machines that
-# cannot pull images from a registry (DESIGN.md §10). The Dockerfiles take it as `--build-arg BASE_IMAGE=…`;
+# cannot pull images from a registry (docs/design.md §10). The Dockerfiles take it as `--build-arg BASE_IMAGE=…`;
 # on a normal Docker host you do not need this: they default to python:3.11-slim.
 #
 #   deploy/base-image/build.sh [--tag IMAGE] [--suite bookworm] [--mirror URL] [--ca-bundle FILE] [--force]

@@ -1,4 +1,4 @@
-# A stand-in for the official `postgres` image, for machines that cannot pull images (DESIGN.md §10):
+# A stand-in for the official `postgres` image, for machines that cannot pull images (docs/design.md §10):
 # Debian's PostgreSQL 15 on the locally built base, with the same interface the compose file uses —
 # POSTGRES_USER / POSTGRES_PASSWORD / POSTGRES_DB on first start, data in /var/lib/postgresql/data, port
 # 5432, `pg_isready` on PATH. Real deployments use the official image (compose's POSTGRES_IMAGE default).

@@ -125,7 +125,7 @@ class FederationSettings(_Strict):
     rounds: int = Field(default=50, ge=1)
     weighting: Literal["samples", "uniform"] = "samples"
     codec: CodecSettings = CodecSettings()
-    train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields (DESIGN.md §3 defaults)
+    train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields (docs/design.md §3 defaults)
     # The paper selects the round with the best mean validation accuracy; "last" takes the final round.
     selection: Literal["best_val", "last"] = "best_val"
     seed: int = Field(default=0, ge=0)

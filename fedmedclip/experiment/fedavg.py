@@ -1,4 +1,4 @@
-"""FedAvg full fine-tuning of CLIP on pixels: the compute and traffic anchor (DESIGN.md §3, "Baselines").
+"""FedAvg full fine-tuning of CLIP on pixels: the compute and traffic anchor (docs/design.md §3, "Baselines").
 
 No embedding cache is possible (the encoder changes every step), so every round decodes, runs both towers
 forward and backward, and every site uploads the whole model. That is why it runs only ``fedavg.rounds``

@@ -1,4 +1,4 @@
-"""The masked update codec (DESIGN.md §3, "What a site sends").
+"""The masked update codec (docs/design.md §3, "What a site sends").
 
 Per round a site sends ``total = Δ + residual``: of each weight matrix only the alive rows among the top
 ``ceil(rho · rows)`` alive rows by L2 norm (dead rows are never ranked), quantised (int8 with one fp16 scale

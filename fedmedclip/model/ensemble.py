@@ -1,4 +1,4 @@
-"""Entropy-weighted ensemble of CLIP zero-shot matching and the private head (DESIGN.md §3)."""
+"""Entropy-weighted ensemble of CLIP zero-shot matching and the private head (docs/design.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Row-masked linear layer with a trainable per-row threshold (DESIGN.md §3, "MaskedLinear").
+"""Row-masked linear layer with a trainable per-row threshold (docs/design.md §3, "MaskedLinear").
 
 Row ``i`` is alive when ``u_i - kappa_i > tau`` with ``u_i = mean_j |W_ij|``. The hard step is trained with
 a straight-through estimator whose gradient passes where ``|u_i - kappa_i - tau| <= 1``. The paper's

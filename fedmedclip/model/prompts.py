@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# One placeholder form everywhere: run configs, bundles and the library (DESIGN.md §3 writes it this way).
+# One placeholder form everywhere: run configs, bundles and the library (docs/design.md §3 writes it this way).
 PLACEHOLDER = "{class}"
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a picture of a {class}",)
 

@@ -1,4 +1,4 @@
-"""Baselines the experiment harness and benchmarks compare against (DESIGN.md §3, "Baselines").
+"""Baselines the experiment harness and benchmarks compare against (docs/design.md §3, "Baselines").
 
 - FedCLIP: a federated attention adapter ``Linear → Tanh → Linear → Softmax``, contrastive loss only,
   zero-shot prediction;

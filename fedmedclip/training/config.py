@@ -1,4 +1,4 @@
-"""Local-training settings (DESIGN.md §3 defaults). The aggregator hands the FAM-side values to every site."""
+"""Local-training settings (docs/design.md §3 defaults). The aggregator hands the FAM-side values to every site."""
 
 from __future__ import annotations
 

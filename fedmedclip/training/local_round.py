@@ -1,4 +1,4 @@
-"""One local round on cached embeddings: train the FAM and the private head together (DESIGN.md §3).
+"""One local round on cached embeddings: train the FAM and the private head together (docs/design.md §3).
 
 Pure computation: tensors in, tensors and numbers out. No file, network or database access.
 """

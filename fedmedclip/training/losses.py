@@ -1,4 +1,4 @@
-"""The three local losses of FedMedCLIP (DESIGN.md §3, "Local loss")."""
+"""The three local losses of FedMedCLIP (docs/design.md §3, "Local loss")."""
 
 from __future__ import annotations
 

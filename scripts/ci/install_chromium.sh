@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs Debian's Chromium for the browser tests (DESIGN.md §10). Idempotent: does nothing when
+# Installs Debian's Chromium for the browser tests (docs/design.md §10). Idempotent: does nothing when
 # /usr/bin/chromium is already there. Playwright drives this binary; it never downloads a browser of its own.
 set -euo pipefail
 

@@ -1,4 +1,4 @@
-"""The bundle format (DESIGN.md §7): round trip, atomic `current`, digests, refusals."""
+"""The bundle format (docs/design.md §7): round trip, atomic `current`, digests, refusals."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from fedmedclip.model.fam import FAM_TENSOR_NAMES, build_fam, fam_shapes, fam_st
 
 
 def _manual_fam(state: dict[str, torch.Tensor], f: torch.Tensor) -> torch.Tensor:
-    """The FAM written out step by step for one sample, from DESIGN.md §3."""
+    """The FAM written out step by step for one sample, from docs/design.md §3."""
     h = state["m1.weight"] @ f + state["m1.bias"]
     mean = sum(h.tolist()) / len(h)
     var = sum((v - mean) ** 2 for v in h.tolist()) / len(h)
