@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from fedmedclip.federation.messages import RoundState
+
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _SLOW = (0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -61,3 +63,23 @@ class Metrics:
             f"{prefix}_current_round", "Number of the active run's current round.", registry=self.registry
         )
         self.latest_version = Gauge(f"{prefix}_latest_version", "Newest committed FAM version.", registry=self.registry)
+
+
+def record_round_closed(
+    metrics: Metrics,
+    *,
+    aggregation_s: float,
+    close_cpu_s: float,
+    version: int,
+    next_round: int | None,
+    close_s: float | None = None,
+) -> None:
+    """What a committed round adds to the metrics, plain or secure (``next_round`` None: the run ended)."""
+    metrics.aggregation_seconds.observe(aggregation_s)
+    if close_s is not None:
+        metrics.round_close_seconds.observe(close_s)
+    metrics.round_close_cpu_seconds.observe(close_cpu_s)
+    metrics.rounds.labels(RoundState.CLOSED.value).inc()
+    metrics.latest_version.set(version)
+    if next_round is not None:
+        metrics.current_round.set(next_round)

@@ -22,6 +22,7 @@ from aggregator_service import secure_rounds
 from aggregator_service.context import Services
 from aggregator_service.errors import FailedPrecondition
 from aggregator_service.logs import event
+from aggregator_service.metrics import record_round_closed
 from aggregator_service.store.base import (
     NewVersion,
     RoundRecord,
@@ -212,14 +213,14 @@ class RoundEngine:
         self.svc.models.put_state(version, new_state)
         close_s = self._close_seconds(current, updates, committed)
         self.svc.pending.forget_round(current.id)
-        metrics = self.svc.metrics
-        metrics.aggregation_seconds.observe(aggregated - started)
-        metrics.round_close_seconds.observe(close_s)
-        metrics.round_close_cpu_seconds.observe(close_cpu_s)
-        metrics.rounds.labels(RoundState.CLOSED.value).inc()
-        metrics.latest_version.set(version)
-        if following is not None:
-            metrics.current_round.set(following.number)
+        record_round_closed(
+            self.svc.metrics,
+            aggregation_s=aggregated - started,
+            close_cpu_s=close_cpu_s,
+            version=version,
+            next_round=None if following is None else following.number,
+            close_s=close_s,
+        )
         event(
             log,
             "round closed",

@@ -29,6 +29,7 @@ import numpy as np
 
 from aggregator_service.errors import FailedPrecondition
 from aggregator_service.logs import event
+from aggregator_service.metrics import record_round_closed
 from aggregator_service.store.base import NewVersion, RoundRecord, RoundState, RunRecord
 from fedmedclip.federation.run_config import RunConfig
 from fedmedclip.secagg import encoding, packing
@@ -276,13 +277,13 @@ def _unmask_and_commit(svc: Services, run: RunRecord, state: SecureRound) -> Non
         return
     svc.secure.forget(state.round_id)
     svc.models.put_bytes(version, data)
-    metrics = svc.metrics
-    metrics.aggregation_seconds.observe(unmasked - started)
-    metrics.round_close_cpu_seconds.observe(time.thread_time() - started_cpu)
-    metrics.rounds.labels(RoundState.CLOSED.value).inc()
-    metrics.latest_version.set(version)
-    if following is not None:
-        metrics.current_round.set(following.number)
+    record_round_closed(
+        svc.metrics,
+        aggregation_s=unmasked - started,
+        close_cpu_s=time.thread_time() - started_cpu,
+        version=version,
+        next_round=None if following is None else following.number,
+    )
     event(
         log,
         "secure round closed",
