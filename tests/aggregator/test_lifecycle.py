@@ -166,19 +166,25 @@ def test_stop_drains_in_flight_calls_and_reports_not_serving(
         yield from chunks[1:]
 
     result: dict[str, object] = {}
-    uploader = threading.Thread(
-        target=lambda: result.update(r=site.stub.SubmitUpdate(slow_upload(), metadata=bearer(site.token), timeout=20))
-    )
+
+    def submit() -> None:
+        try:
+            result["r"] = site.stub.SubmitUpdate(slow_upload(), metadata=bearer(site.token), timeout=30)
+        except grpc.RpcError as error:  # reported below, so a failure says why
+            result["r"] = error
+
+    uploader = threading.Thread(target=submit)
     uploader.start()
     assert started.wait(10)
-    stopper = threading.Thread(target=server.stop, kwargs={"grace_s": 5.0})
+    # A grace well above the upload's own 0.6 s, so a loaded machine still drains it.
+    stopper = threading.Thread(target=server.stop, kwargs={"grace_s": 10.0})
     stopper.start()
     assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
     watch.cancel()  # a watch is itself an in-flight call: it would hold the drain for the whole grace
-    uploader.join(15)
-    stopper.join(15)
-    accepted = result["r"]
-    assert isinstance(accepted, federation_pb2.SubmitUpdateResponse) and accepted.accepted
+    uploader.join(30)
+    stopper.join(30)
+    accepted = result.get("r")
+    assert isinstance(accepted, federation_pb2.SubmitUpdateResponse) and accepted.accepted, accepted
     assert rpc_error(lambda: site.join()).code() == grpc.StatusCode.UNAVAILABLE
 
 
