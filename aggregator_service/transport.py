@@ -327,7 +327,7 @@ class AdminServicer(_Transport, admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.RotateSiteTokenRequest, context: grpc.ServicerContext
     ) -> admin_pb2.RotateSiteTokenResponse:
         with self._rpc("RotateSiteToken", context) as call:
-            call.admin()
+            call.admin(request)
             call.site_name = request.site
             try:
                 rotate = serde.rotate_site_token_request_from_proto(request)
