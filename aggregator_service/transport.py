@@ -106,7 +106,7 @@ class _Rpc:
         metrics = call.svc.metrics.rpcs
         if error is None:
             metrics.labels(method, "OK").inc()
-        elif isinstance(error, Unavailable):  # deposed mid-call: nothing to audit (and no right to write)
+        elif isinstance(error, Unavailable):  # deposed or database busy: nothing to audit, the client retries
             metrics.labels(method, error.code).inc()
             call.context.abort(grpc.StatusCode.UNAVAILABLE, error.message)
         elif isinstance(error, ServiceError):
