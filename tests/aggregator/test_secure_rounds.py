@@ -251,6 +251,7 @@ def test_plain_uploads_and_out_of_phase_calls_are_refused_clearly(
         site.call("AdvertiseKeys", serde.advertise_keys_request_to_proto(short))
     assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     site.advertise(task)  # accepted; the identical retry is a duplicate, different keys are refused
+    assert site.protocol is not None
     again = m.AdvertiseKeysRequest(site.run_id, task.round, site.protocol.advertise())
     retried = site.call("AdvertiseKeys", serde.advertise_keys_request_to_proto(again))
     assert retried.accepted and retried.duplicate
