@@ -46,7 +46,7 @@ class AlreadyExists(ServiceError):  # noqa: N818 - named after its gRPC status c
 
 
 class Unavailable(ServiceError):  # noqa: N818 - named after its gRPC status code
-    """This process cannot serve now (a standby, or a leader that lost its lease): clients try elsewhere."""
+    """This process cannot serve now (a standby, a leader that lost its lease, a busy database): clients retry."""
 
     code = "UNAVAILABLE"
 

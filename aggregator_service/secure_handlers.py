@@ -12,6 +12,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Iterable
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
@@ -24,6 +25,8 @@ from fedmedclip.federation import messages as m
 from fedmedclip.federation.run_config import RunConfig
 from fedmedclip.secagg import packing
 from fedmedclip.secagg.keys import KEY_BYTES
+
+T = TypeVar("T")
 
 log = logging.getLogger("aggregator_service.secure")
 
@@ -73,12 +76,8 @@ def advertise_keys(svc: Services, site: SiteRecord, request: m.AdvertiseKeysRequ
         raise InvalidArgument("the channel and mask keys must differ")
     with svc.secure.lock:
         state = _state(svc, request.run_id, request.round, Phase.ADVERTISE)
-        held = state.advertised.get(site.name)
-        if held is not None:
-            if held == keys:
-                return m.SecurePhaseReply(True, True, f"round {state.number} already holds these keys")
-            raise AlreadyExists(f"site {site.name!r} already advertised different keys for round {state.number}")
-        state.advertised[site.name] = keys
+        if _seen_before(state.advertised, site.name, keys, f"advertised different keys for round {state.number}"):
+            return m.SecurePhaseReply(True, True, f"round {state.number} already holds these keys")
     event(log, "keys advertised", run=request.run_id, round=request.round, site=site.name)
     svc.notifier.notify()
     return m.SecurePhaseReply(True, False, f"keys accepted for round {request.round}")
@@ -101,12 +100,9 @@ def share_keys(svc: Services, site: SiteRecord, request: m.ShareKeysRequest) -> 
             raise InvalidArgument(
                 f"sealed shares must go to each of the site's {len(expected)} neighbours exactly once"
             )
-        held = state.shares_from.get(site.name)
-        if held is not None:
-            if held == request.shares:
-                return m.SecurePhaseReply(True, True, f"round {state.number} already holds these shares")
-            raise AlreadyExists(f"site {site.name!r} already shared different keys for round {state.number}")
-        state.shares_from[site.name] = tuple(request.shares)
+        conflict = f"shared different keys for round {state.number}"
+        if _seen_before(state.shares_from, site.name, request.shares, conflict):
+            return m.SecurePhaseReply(True, True, f"round {state.number} already holds these shares")
     svc.notifier.notify()
     return m.SecurePhaseReply(True, False, f"shares relayed for round {request.round}")
 
@@ -164,14 +160,23 @@ def unmask(svc: Services, site: SiteRecord, request: m.UnmaskRequest) -> m.Secur
         owners = [item.owner for item in request.shares]
         if len(set(owners)) != len(owners) or not set(owners) <= allowed:
             raise InvalidArgument("revealed shares must be of the site's neighbours or itself, at most one each")
-        held = state.revealed.get(site.name)
-        if held is not None:
-            if held == request.shares:
-                return m.SecurePhaseReply(True, True, f"round {state.number} already holds these shares")
-            raise AlreadyExists(f"site {site.name!r} already answered the unmask request of round {state.number}")
-        state.revealed[site.name] = tuple(request.shares)
+        conflict = f"answered the unmask request of round {state.number}"
+        if _seen_before(state.revealed, site.name, request.shares, conflict):
+            return m.SecurePhaseReply(True, True, f"round {state.number} already holds these shares")
     svc.notifier.notify()
     return m.SecurePhaseReply(True, False, f"shares accepted for round {request.round}")
+
+
+def _seen_before(held: dict[str, T], site: str, value: T, conflict: str) -> bool:
+    """Record ``site``'s ``value`` for this phase; ``True`` for an identical retry (the caller answers it as a
+    duplicate), ``AlreadyExists`` for a different one: each site speaks once per phase."""
+    previous = held.get(site)
+    if previous is None:
+        held[site] = value
+        return False
+    if previous == value:
+        return True
+    raise AlreadyExists(f"site {site!r} already {conflict}")
 
 
 def _state(svc: Services, run_id: str, round_number: int, phase: Phase, duplicate_ok: bool = False) -> SecureRound:

@@ -106,7 +106,7 @@ class _Rpc:
         metrics = call.svc.metrics.rpcs
         if error is None:
             metrics.labels(method, "OK").inc()
-        elif isinstance(error, Unavailable):  # deposed mid-call: nothing to audit (and no right to write)
+        elif isinstance(error, Unavailable):  # deposed or database busy: nothing to audit, the client retries
             metrics.labels(method, error.code).inc()
             call.context.abort(grpc.StatusCode.UNAVAILABLE, error.message)
         elif isinstance(error, ServiceError):
@@ -327,7 +327,7 @@ class AdminServicer(_Transport, admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.RotateSiteTokenRequest, context: grpc.ServicerContext
     ) -> admin_pb2.RotateSiteTokenResponse:
         with self._rpc("RotateSiteToken", context) as call:
-            call.admin()
+            call.admin(request)
             call.site_name = request.site
             try:
                 rotate = serde.rotate_site_token_request_from_proto(request)

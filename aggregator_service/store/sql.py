@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from aggregator_service.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
+from aggregator_service.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, Unavailable
 from aggregator_service.store.base import (
     AuditEntry,
     AuditRecord,
@@ -49,6 +49,18 @@ from aggregator_service.store.schema import (
 )
 
 _UNFINISHED = (RoundState.OPEN.value, RoundState.AGGREGATING.value)
+
+
+@contextmanager
+def _busy_is_unavailable() -> Iterator[None]:
+    """SQLite's "database is locked" (a writer queued past the busy timeout) is load, not a bug: answer it as
+    ``Unavailable``, which clients retry with backoff, instead of letting it reach them as INTERNAL."""
+    try:
+        yield
+    except OperationalError as exc:
+        if "database is locked" in str(exc.orig) or "database table is locked" in str(exc.orig):
+            raise Unavailable("the database is busy; try again shortly") from exc
+        raise
 
 
 class SqlStore(Store):
@@ -87,7 +99,7 @@ class SqlStore(Store):
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
-        with self._writer.begin() as session:
+        with _busy_is_unavailable(), self._writer.begin() as session:
             fence = self._fence
             if fence is not None:
                 fence(session)
@@ -95,7 +107,7 @@ class SqlStore(Store):
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
-        with self._reader.begin() as session:
+        with _busy_is_unavailable(), self._reader.begin() as session:
             yield session
 
     # --- sites -----------------------------------------------------------------------------------------

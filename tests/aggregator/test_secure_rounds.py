@@ -250,6 +250,16 @@ def test_plain_uploads_and_out_of_phase_calls_are_refused_clearly(
     with pytest.raises(grpc.RpcError) as invalid:
         site.call("AdvertiseKeys", serde.advertise_keys_request_to_proto(short))
     assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    site.advertise(task)  # accepted; the identical retry is a duplicate, different keys are refused
+    assert site.protocol is not None
+    again = m.AdvertiseKeysRequest(site.run_id, task.round, site.protocol.advertise())
+    retried = site.call("AdvertiseKeys", serde.advertise_keys_request_to_proto(again))
+    assert retried.accepted and retried.duplicate
+    other = m.AdvertiseKeysRequest(site.run_id, task.round, SecAggClient(site.name).advertise())
+    with pytest.raises(grpc.RpcError) as conflict:
+        site.call("AdvertiseKeys", serde.advertise_keys_request_to_proto(other))
+    assert conflict.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "already advertised different keys" in conflict.value.details()
     header = federation_pb2.UpdateHeader(
         run_id=site.run_id, round=1, base_version=task.fam_version, num_samples=5, sha256="ab" * 32, total_bytes=10
     )

@@ -133,3 +133,11 @@ def _join_code(site: SiteClient) -> str:
     except grpc.RpcError as exc:
         return exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
     return "OK"
+
+
+def test_rotate_checks_its_text_like_every_admin_rpc(channel: grpc.Channel) -> None:
+    """An oversized site name is refused by field name before any lookup, as on EnrolSite or RevokeSite."""
+    admin = AdminStub(channel)
+    refused = rpc_error(lambda: admin("RotateSiteToken", admin_pb2.RotateSiteTokenRequest(site="x" * 5000)))
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "field site has 5000 characters" in (refused.details() or "")
