@@ -12,7 +12,14 @@ if TYPE_CHECKING:
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", envvar="FEDMEDCLIP_AGGREGATOR_CONFIG", help="YAML settings file.", show_default=False),
+    typer.Option(
+        "--config",
+        envvar="FEDMEDCLIP_AGGREGATOR_CONFIG",
+        # Not shown: rich cuts the 28-character name in the narrow help column of `serve` and `runs start`.
+        show_envvar=False,
+        help="YAML settings file (or the environment variable named in docs/aggregator.md).",
+        show_default=False,
+    ),
 ]
 ServerOption = Annotated[
     str | None, typer.Option("--server", help="Aggregator address host:port (default: the configured host:port).")

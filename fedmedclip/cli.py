@@ -44,7 +44,7 @@ def synth(
     image_size: Annotated[int, typer.Option(min=16, help="Image side in pixels.")] = 96,
     difficulty: Annotated[float, typer.Option(min=0.0, max=1.0, help="Class overlap: 0 easy, 1 very hard.")] = 0.4,
     label_skew: Annotated[float, typer.Option(min=0.0, help="Dirichlet concentration; smaller = more skew.")] = 0.5,
-    site_shift: Annotated[float, typer.Option(min=0.0, help="Strength of per-site colour/contrast/noise shift.")] = 0.5,
+    site_shift: Annotated[float, typer.Option(min=0.0, help="Per-site colour, contrast and noise shift.")] = 0.5,
     holdout: Annotated[bool, typer.Option(help="Also write a held-out test-only site (site-holdout).")] = False,
     seed: Annotated[int, typer.Option(min=0, help="Seed; the same seed gives byte-identical images.")] = 0,
 ) -> None:

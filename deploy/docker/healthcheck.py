@@ -98,7 +98,8 @@ def main(argv: list[str]) -> int:
     except Exception as error:  # a health check reports, it never raises
         problem = f"{type(error).__name__}: {error}"
     if problem:
-        print(f"unhealthy: {problem}", file=sys.stderr)
+        # One line whatever the error text holds (docker shows the probe's last output line by line).
+        print(f"unhealthy: {' '.join(problem.split())}", file=sys.stderr)
         return 1
     return 0
 

@@ -194,17 +194,24 @@ class ExperimentConfig(_Strict):
 _PATH_FIELDS = ("root", "path", "ground_truth", "metadata", "image_dir")
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate ``path``; relative paths inside it become relative to its folder."""
+def read_yaml_mapping(path: str | Path, kind: str) -> tuple[dict[str, Any], Path]:
+    """The top-level mapping of the YAML file ``path`` and the file's path; ``ConfigError`` names the ``kind``
+    of config (``experiment``, ``simulation``), the file and the problem."""
     source = Path(path).expanduser()
     try:
         raw = yaml.safe_load(source.read_text(encoding="utf-8"))
     except OSError as error:
-        raise ConfigError(f"cannot read experiment config {source}: {error.strerror or error}") from error
+        raise ConfigError(f"cannot read {kind} config {source}: {error.strerror or error}") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"experiment config {source} is not valid YAML: {error}") from error
+        raise ConfigError(f"{kind} config {source} is not valid YAML: {error}") from error
     if not isinstance(raw, dict):
-        raise ConfigError(f"experiment config {source} must be a mapping at the top level")
+        raise ConfigError(f"{kind} config {source} must be a mapping at the top level")
+    return raw, source
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate ``path``; relative paths inside it become relative to its folder."""
+    raw, source = read_yaml_mapping(path, "experiment")
     return parse_config(raw, base_dir=source.parent.resolve(), source=str(source))
 
 

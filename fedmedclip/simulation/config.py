@@ -9,10 +9,9 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedmedclip.experiment.config import CodecSettings, ConfigError
+from fedmedclip.experiment.config import CodecSettings, ConfigError, read_yaml_mapping
 from fedmedclip.training.config import TrainConfig
 
 __all__ = ["ConfigError", "SimulateConfig", "load_simulate_config", "parse_simulate_config"]
@@ -103,15 +102,7 @@ class SimulateConfig(_Strict):
 
 
 def load_simulate_config(path: str | Path) -> SimulateConfig:
-    source = Path(path).expanduser()
-    try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConfigError(f"cannot read simulation config {source}: {error.strerror or error}") from error
-    except yaml.YAMLError as error:
-        raise ConfigError(f"simulation config {source} is not valid YAML: {error}") from error
-    if not isinstance(raw, dict):
-        raise ConfigError(f"simulation config {source} must be a mapping at the top level")
+    raw, source = read_yaml_mapping(path, "simulation")
     return parse_simulate_config(raw, base_dir=source.parent.resolve(), source=str(source))
 
 

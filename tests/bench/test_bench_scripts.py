@@ -70,9 +70,11 @@ def test_run_all_collects_everything_into_latest(bench, shared):
     # What the inference API and aggregator benchmarks write.
     (results / "p4.json").write_text(json.dumps({"p4_predict_p50_ratio": 1.05, "p4_batch_throughput_ratio": 0.7}))
     (results / "p5.json").write_text(json.dumps({"p5_round_close_ms": 80}))
+    (results / "p7.json").write_text(json.dumps({"p7_site_rounds_per_s_cpu": 900, "p7_site_rounds_per_cpu_s": 500}))
     (results / "p8.json").write_text(
         json.dumps({"p8_secagg_upload_bytes": 250000, "p8_secagg_round_overhead_100_sites": 2.5})
     )
+    _write_p4_concurrency(results)
     latest = bench("run_all").main(["--collect-only", "--results", str(results)])
     written = json.loads((results / "latest.json").read_text())
     assert set(TOP_LEVEL_KEYS) | {"machine"} <= set(written)
@@ -130,3 +132,22 @@ def test_gpu_script_says_clearly_when_there_is_no_gpu(bench, tmp_path, capsys):
     assert "no CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "gpu.json").exists()
     assert sys.modules["gpu"]
+
+
+def _write_p4_concurrency(results: Path) -> None:
+    """What bench/p4_concurrency.py writes beside p4.json, plus a tiny variant collect must not read."""
+    figures = {"p4_api_cpu_ratio": 0.9, "p4_api_p50_ms": 41.0, "p4_api_p99_ms": 88.0, "p4_soak_rss_mib_per_min": 0.2}
+    (results / "p4_concurrency.json").write_text(json.dumps(figures))
+    (results / "p4_concurrency_tiny.json").write_text(json.dumps({"p4_api_p50_ms": 1.0}))
+
+
+def test_collect_keeps_concurrency_and_simulation_figures(tmp_path):
+    from fedmedclip.experiment.perf.collect import assemble, read_results
+
+    _write_p4_concurrency(tmp_path)
+    (tmp_path / "p7.json").write_text(json.dumps({"p7_site_rounds_per_s_cpu": 900, "p7_site_rounds_per_cpu_s": 500}))
+    latest = assemble(read_results(tmp_path), {}, {})
+    assert latest["p4_api_p50_ms"] == 41.0 and latest["p4_api_cpu_ratio"] == 0.9
+    assert latest["p4_soak_rss_mib_per_min"] == 0.2 and latest["p7_site_rounds_per_s_cpu"] == 900.0
+    assert set(latest["details"]) == {"p4_concurrency", "p7"}
+    assert latest["p1_upload_bytes"] is None

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -186,3 +187,39 @@ def test_the_three_services_log_one_schema(tmp_path: Path, aggregator: tuple[str
             assert set(line) >= LOG_KEYS, (service, line)
             assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", str(line["ts"])), (service, line)
             assert line["level"] in {"debug", "info", "warning", "error", "critical"}, (service, line)
+
+
+def _command_paths() -> list[tuple[str, ...]]:
+    """Every command and group of ``fedmedclip``, the service groups included, as argument tuples."""
+    import typer.main
+
+    from fedmedclip import cli
+
+    cli._register_service_groups()
+    paths: list[tuple[str, ...]] = []
+
+    def walk(command: Any, path: tuple[str, ...]) -> None:
+        paths.append(path)
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, (*path, name))
+
+    walk(typer.main.get_command(cli.app), ())
+    return paths
+
+
+def test_every_help_renders_whole_at_the_default_width() -> None:
+    """``--help`` of every command, piped with ``COLUMNS`` unset (80 columns), exits 0 and cuts no word."""
+    from typer.testing import CliRunner
+
+    from fedmedclip import cli
+
+    paths = _command_paths()
+    assert ("simulate",) in paths and ("backbone", "pack") in paths and ("agent", "check") in paths
+    cut: dict[str, list[str]] = {}
+    for path in paths:
+        result = CliRunner().invoke(cli.app, [*path, "--help"], env={"COLUMNS": None, "TERMINAL_WIDTH": None})
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage:" in result.output
+        if "…" in result.output:
+            cut[" ".join(path)] = [line for line in result.output.splitlines() if "…" in line]
+    assert not cut, cut

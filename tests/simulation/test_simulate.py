@@ -26,6 +26,17 @@ def test_unknown_keys_and_impossible_rates_are_clear_errors(small_config: dict[s
         parse_simulate_config({**small_config, "train": {"lr": 1.0}})
 
 
+def test_unreadable_or_malformed_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot read simulation config .*missing\.yaml"):
+        load_simulate_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("sites: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"simulation config .*bad\.yaml is not valid YAML"):
+        load_simulate_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match=r"simulation config .*list\.yaml must be a mapping"):
+        load_simulate_config(tmp_path / "list.yaml")
+
+
 def test_participants_are_seeded_and_statuses_follow_the_rates(small_config: dict[str, Any]) -> None:
     config = parse_simulate_config({**small_config, "sites": {**small_config["sites"], "count": 2000}})
     first, again = choose_sites(config, 4), choose_sites(config, 4)

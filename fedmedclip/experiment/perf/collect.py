@@ -19,9 +19,15 @@ TOP_LEVEL_KEYS = (
     "p3_embed_efficiency",
     "p4_predict_p50_ratio",
     "p4_batch_throughput_ratio",
+    "p4_api_cpu_ratio",
+    "p4_api_p50_ms",
+    "p4_api_p99_ms",
+    "p4_soak_rss_mib_per_min",
     "p5_round_close_ms",
     "p6_dp_accuracy_cost_pt_eps8",
     "p6_dp_time_ratio_eps8",
+    "p7_site_rounds_per_s_cpu",
+    "p7_site_rounds_per_cpu_s",
     "p8_secagg_upload_bytes",
     "p8_secagg_round_overhead_100_sites",
 )
@@ -88,10 +94,11 @@ GOALS = (
 
 
 def read_results(results_dir: Path) -> dict[str, dict[str, Any]]:
-    """``pN`` → the contents of ``results_dir/pN.json`` (unreadable files are recorded as such)."""
+    """``pN`` → the contents of ``results_dir/pN.json``, plus ``p4_concurrency.json`` (the API concurrency and
+    soak figures, written beside ``p4.json``); unreadable files are recorded as such."""
     found: dict[str, dict[str, Any]] = {}
     for path in sorted(results_dir.glob("p*.json")):
-        if not re.fullmatch(r"p\d+", path.stem):
+        if not re.fullmatch(r"p\d+|p4_concurrency", path.stem):
             continue
         try:
             data = json.loads(path.read_text())
