@@ -20,7 +20,7 @@ _MESSAGE = (
 MAX_HEADER_BYTES = 16 * 1024
 
 
-def _response(msg: str) -> bytes:
+def _response() -> bytes:
     body = json.dumps({"error": "bad_request", "message": _MESSAGE}).encode()
     head = (
         "HTTP/1.1 400 Bad Request\r\n"
@@ -30,7 +30,6 @@ def _response(msg: str) -> bytes:
         "cache-control: no-store\r\n"
         "connection: close\r\n\r\n"
     )
-    del msg  # uvicorn's own text says nothing more than ours
     return head.encode("ascii") + body
 
 
@@ -69,7 +68,8 @@ class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
         self._ended_message = True
 
     def send_400_response(self, msg: str) -> None:
-        self.transport.write(_response(msg))
+        del msg  # uvicorn's own text says nothing more than ours
+        self.transport.write(_response())
         self.transport.close()
 
 

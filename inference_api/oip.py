@@ -41,6 +41,7 @@ HEADER_LENGTH = "inference-header-content-length"
 EXTENSIONS = ("binary_tensor_data", "classification")
 _PER_CLASS = ("probabilities", "zero_shot", "head")
 _MAX_JSON_BYTES = 1024 * 1024  # the JSON part of an infer request: names, shapes, parameters, base64 data aside
+_MAX_JSON_ONLY_BYTES = _MAX_JSON_BYTES * 32  # a JSON-only request, base64 images and all
 _LENGTH = struct.Struct("<I")
 
 
@@ -142,6 +143,8 @@ async def read_body(chunks: AsyncIterator[bytes], header_length: str | None, max
     buffer = bytearray()
     async for chunk in chunks:
         buffer += chunk
+        if header_length is None:
+            _check_json_only_size(len(buffer))  # refused as it arrives, whatever max_request_bytes allows
         if pending and len(buffer) >= length:
             pending = False
             _check_count_early(bytes(buffer[:length]), max_images)
@@ -160,10 +163,14 @@ def _check_count_early(json_part: bytes, max_images: int) -> None:
                 raise TooManyImagesError(f"{count} images in one request; the limit is {max_images}")
 
 
+def _check_json_only_size(size: int) -> None:
+    if size > _MAX_JSON_ONLY_BYTES:
+        raise BadRequestError("a JSON-only request this large should send the images as binary tensor data")
+
+
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
-        if len(body) > _MAX_JSON_BYTES * 32:  # base64 images; still bounded by max_request_bytes upstream
-            raise BadRequestError("a JSON-only request this large should send the images as binary tensor data")
+        _check_json_only_size(len(body))
         return body, b""
     try:
         length = int(header_length)

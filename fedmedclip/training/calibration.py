@@ -25,6 +25,9 @@ METHOD = "temperature"
 MIN_SAMPLES = 20  # below this a fitted temperature says more about the few images than about the model
 _BETA_RANGE = (0.02, 50.0)  # T from 0.02 to 50: far beyond anything a sane model needs
 _ITERATIONS = 80
+# What a stored temperature may be: wide of the fit's bracket, yet narrow enough that ``log p / T`` stays
+# finite in float32 (log p ≥ -88), so a hand-edited manifest cannot make every probability NaN at predict.
+TEMPERATURE_LIMITS = (1e-3, 1e3)
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,9 @@ class Calibration:
     split: str = "val"
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"calibration temperature must be a positive number, got {self.temperature!r}")
+        low, high = TEMPERATURE_LIMITS
+        if not (math.isfinite(self.temperature) and low <= self.temperature <= high):
+            raise ValueError(f"calibration temperature must be between {low} and {high}, got {self.temperature!r}")
         if self.method != METHOD:
             raise ValueError(f"unknown calibration method {self.method!r}; this build knows {METHOD!r}")
 

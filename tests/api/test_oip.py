@@ -221,3 +221,24 @@ def test_malformed_bodies_over_raw_http(server):
     assert response.status_code == 200 and response.json()["model_version"] == SITE_A_VERSION
     gzip = httpx.post(url, content=b"{}", headers={**headers, "Content-Encoding": "gzip"}, timeout=30)
     assert gzip.status_code == 415 and "not supported" in gzip.json()["error"]
+
+
+def test_a_json_only_body_over_its_cap_is_refused_while_it_arrives():
+    """Without Inference-Header-Content-Length the body is base64 JSON: refused as soon as it passes 32 MiB,
+    not read whole first, so a larger max_request_bytes does not let it grow further."""
+    import asyncio
+
+    from inference_api import oip
+    from inference_api.errors import BadRequestError
+
+    sent = 0
+
+    async def chunks():
+        nonlocal sent
+        for _ in range(64):  # 64 MiB offered
+            sent += 1
+            yield bytes(1024 * 1024)
+
+    with pytest.raises(BadRequestError, match="binary tensor data"):
+        asyncio.run(oip.read_body(chunks(), None, max_images=4))
+    assert sent == 33  # stopped at the first chunk over 32 MiB

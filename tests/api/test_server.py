@@ -173,7 +173,8 @@ def test_the_page_classifies_an_uploaded_image(server, tmp_path):
             # Random-init backbone and an uncalibrated bundle: the banner says both.
             banner = page.locator("#clinical-warning")
             expect(banner).to_be_visible()
-            expect(banner).to_contain_text("NOT FOR CLINICAL USE")
+            expect(banner).to_contain_text("Not for clinical use: ")
+            assert banner.inner_text().lower().count("not for clinical use") == 1  # said once, not twice
             expect(banner).to_contain_text("not calibrated")
 
             page.fill("#api-key", KEYS["b"])

@@ -274,14 +274,16 @@ def test_a_bundle_written_before_calibration_existed_still_loads(tmp_path, tiny_
     assert loaded.calibration is None and loaded.temperature == 1.0
 
 
-def test_a_manifest_with_a_bad_temperature_is_refused(tmp_path, tiny_backbone):
+@pytest.mark.parametrize("temperature", [-1.0, 0.0, float("nan"), float("inf"), 1e-40, 1e6])
+def test_a_manifest_with_a_bad_temperature_is_refused(tmp_path, tiny_backbone, temperature):
     from fedmedclip.training.calibration import Calibration
 
     fitted = Calibration(temperature=2.0, samples=40, ece_before=0.2, ece_after=0.05, nll_before=1.2, nll_after=0.9)
     publish(tmp_path, "site-a", tiny_backbone, version="v1", calibration=fitted)
     path = tmp_path / "site-a" / "v1" / MANIFEST_FILE
     manifest = json.loads(path.read_text())
-    manifest["calibration"]["temperature"] = -1.0
+    # 1e-40 is positive, yet log p / T overflows float32: every served probability would be NaN (a 500).
+    manifest["calibration"]["temperature"] = temperature
     path.write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="calibration is invalid"):
         read_bundle(tmp_path / "site-a" / "v1")

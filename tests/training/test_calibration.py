@@ -49,5 +49,5 @@ def test_too_little_or_one_class_validation_data_stays_uncalibrated():
 
 
 def test_a_calibration_record_refuses_a_bad_temperature():
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="must be between"):
         Calibration(temperature=0.0, samples=30, ece_before=0.1, ece_after=0.05, nll_before=1.0, nll_after=0.9)
