@@ -42,6 +42,7 @@ from hospital_agent.session import RunSession, prepare_session
 from hospital_agent.settings import AgentSettings, ConfigError
 from hospital_agent.state import AgentState, PendingUpdate, StateStore
 from hospital_agent.trainer import (
+    RoundOutcome,
     compatible_head,
     evaluate,
     fit_calibration,
@@ -191,6 +192,41 @@ class AgentLoop:
         state.head, state.head_classes = head, list(session.data.classes)
         self.store.save(state)
 
+    def _train_locally(
+        self, session: RunSession, round_number: int, fam_version: int, **event_fields: object
+    ) -> tuple[RoundOutcome, RoundPlan | None] | None:
+        """The training step of a plain and a secure round: privacy gate, heartbeat, train, abandonment check.
+
+        The outcome and the DP-SGD plan to charge once the update is committed; ``None`` when the privacy gate
+        refuses the round or the aggregator abandoned it while this site trained.
+        """
+        state = self.state
+        assert state.fam is not None
+        allowed, plan = self._privacy_gate(session, round_number)
+        if not allowed:
+            return None
+        self.heartbeat.set(session.run_id, "training", round_number)
+        self._event(
+            "training", logging.INFO, run=session.run_id, round=round_number, version=fam_version, **event_fields
+        )
+        outcome = train_round(
+            session.data,
+            session.prototypes,
+            session.record.logit_scale,
+            session.config,
+            round_number=round_number,
+            global_fam=state.fam,
+            head=state.head,
+            residual=state.residual,
+            seed=self.settings.train_seed,
+            device=self.device,
+            privacy=plan,
+        )
+        if self.heartbeat.abandoned(session.run_id, round_number):
+            self._event("round abandoned; work dropped", logging.WARNING, run=session.run_id, round=round_number)
+            return None
+        return outcome, plan
+
     def _train(self, session: RunSession, task: m.TrainTask) -> None:
         state = self.state
         if self._budget_spent():  # keeps serving its last bundle; waits for the run to end
@@ -202,28 +238,10 @@ class AgentLoop:
         if pending is not None and (pending.round, pending.base_version) == (task.round, task.fam_version):
             self._submit_pending()
             return
-        assert state.fam is not None
-        allowed, plan = self._privacy_gate(session, task.round)
-        if not allowed:
+        trained = self._train_locally(session, task.round, task.fam_version)
+        if trained is None:
             return
-        self.heartbeat.set(session.run_id, "training", task.round)
-        self._event("training", run=session.run_id, round=task.round, version=task.fam_version)
-        outcome = train_round(
-            session.data,
-            session.prototypes,
-            session.record.logit_scale,
-            session.config,
-            round_number=task.round,
-            global_fam=state.fam,
-            head=state.head,
-            residual=state.residual,
-            seed=self.settings.train_seed,
-            device=self.device,
-            privacy=plan,
-        )
-        if self.heartbeat.abandoned(session.run_id, task.round):
-            self._event("round abandoned; work dropped", logging.WARNING, run=session.run_id, round=task.round)
-            return
+        outcome, plan = trained
         self._event(
             "round trained",
             run=session.run_id,
