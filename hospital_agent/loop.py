@@ -44,8 +44,7 @@ from hospital_agent.state import AgentState, PendingUpdate, StateStore
 from hospital_agent.trainer import (
     RoundOutcome,
     compatible_head,
-    evaluate,
-    fit_calibration,
+    evaluate_and_calibrate,
     majority_rate,
     resolve_device,
     train_round,
@@ -327,7 +326,7 @@ class AgentLoop:
         state = self.state
         state.fam, state.fam_version = to_torch(fam_from_bytes(data, session.config.embed_dim)), version
         features, labels = session.data.part("val")
-        metrics = evaluate(
+        metrics, calibration = evaluate_and_calibrate(
             features,
             labels,
             session.data.classes,
@@ -338,16 +337,6 @@ class AgentLoop:
             session.head_hidden,
         )
         metrics["majority_acc"] = majority_rate(labels)  # local only: the bar "above chance" means
-        calibration = fit_calibration(
-            features,
-            labels,
-            session.data.classes,
-            session.prototypes,
-            session.record.logit_scale,
-            state.fam,
-            state.head,
-            session.head_hidden,
-        )
         bundle = publish_bundle(
             self.settings.bundle_root,
             self.site,
