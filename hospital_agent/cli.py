@@ -102,7 +102,7 @@ def run(config: ConfigOption = None) -> None:
     configure_logging(settings.log_format, settings.log_level)
     log = logging.getLogger("hospital_agent")
     try:
-        report = check_site_data(settings, write_lists=True)
+        report = check_site_data(settings, write_lists=True, trust_cache=True)
         log_report(report)
         if report.blocking:
             raise DataBlockedError(report)

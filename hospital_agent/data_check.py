@@ -25,12 +25,14 @@ class DataBlockedError(ValueError):
         super().__init__(refusal(report))
 
 
-def check_site_data(settings: AgentSettings, *, write_lists: bool = False) -> DataReport:
+def check_site_data(settings: AgentSettings, *, write_lists: bool = False, trust_cache: bool = False) -> DataReport:
     """List the site with its adapter and check every file. ``DatasetError`` when nothing can be listed.
 
     ``write_lists`` also logs the skipped files and writes ``<state_dir>/check-skipped.json`` (every skipped file
     with its reason, the adapter's and the decoder's), as ``agent run`` does so that a refused start leaves the
-    full list behind.
+    full list behind. ``trust_cache`` (``agent run``) does not decode again a file whose content already has a
+    vector in the embedding cache: the embedding pass decoded those very bytes, and decoding every image at
+    every start doubled the start-up work. ``agent check`` decodes everything.
     """
     images = load_site_images(settings.data)
     report = check_site(
@@ -40,11 +42,24 @@ def check_site_data(settings: AgentSettings, *, write_lists: bool = False) -> Da
         root=settings.data.root,
         split_seed=settings.data.split_seed,
         workers=max(1, settings.embed_workers),
+        decoded=_cached_digests(settings) if trust_cache else frozenset(),
     )
     if write_lists:
         skipped = [(Path(path), reason) for path, reason in report.skipped]
         report_skipped(skipped, settings.site, settings.state_dir, "check")
     return report
+
+
+def _cached_digests(settings: AgentSettings) -> set[str]:
+    """Digests the embedding cache holds vectors for; none when there is no cache yet (never creates one)."""
+    if not settings.effective_cache_dir.is_dir():
+        return set()  # first start: nothing cached, and no reason to import torch before the data is known good
+    from fedmedclip.data.cache import CACHE_FILE, EmbeddingCache
+
+    if not (settings.effective_cache_dir / CACHE_FILE).exists():
+        return set()
+    with EmbeddingCache(settings.effective_cache_dir) as cache:
+        return cache.digests()
 
 
 def log_report(report: DataReport) -> None:

@@ -42,9 +42,9 @@ from hospital_agent.session import RunSession, prepare_session
 from hospital_agent.settings import AgentSettings, ConfigError
 from hospital_agent.state import AgentState, PendingUpdate, StateStore
 from hospital_agent.trainer import (
+    RoundOutcome,
     compatible_head,
-    evaluate,
-    fit_calibration,
+    evaluate_and_calibrate,
     majority_rate,
     resolve_device,
     train_round,
@@ -191,6 +191,41 @@ class AgentLoop:
         state.head, state.head_classes = head, list(session.data.classes)
         self.store.save(state)
 
+    def _train_locally(
+        self, session: RunSession, round_number: int, fam_version: int, **event_fields: object
+    ) -> tuple[RoundOutcome, RoundPlan | None] | None:
+        """The training step of a plain and a secure round: privacy gate, heartbeat, train, abandonment check.
+
+        The outcome and the DP-SGD plan to charge once the update is committed; ``None`` when the privacy gate
+        refuses the round or the aggregator abandoned it while this site trained.
+        """
+        state = self.state
+        assert state.fam is not None
+        allowed, plan = self._privacy_gate(session, round_number)
+        if not allowed:
+            return None
+        self.heartbeat.set(session.run_id, "training", round_number)
+        self._event(
+            "training", logging.INFO, run=session.run_id, round=round_number, version=fam_version, **event_fields
+        )
+        outcome = train_round(
+            session.data,
+            session.prototypes,
+            session.record.logit_scale,
+            session.config,
+            round_number=round_number,
+            global_fam=state.fam,
+            head=state.head,
+            residual=state.residual,
+            seed=self.settings.train_seed,
+            device=self.device,
+            privacy=plan,
+        )
+        if self.heartbeat.abandoned(session.run_id, round_number):
+            self._event("round abandoned; work dropped", logging.WARNING, run=session.run_id, round=round_number)
+            return None
+        return outcome, plan
+
     def _train(self, session: RunSession, task: m.TrainTask) -> None:
         state = self.state
         if self._budget_spent():  # keeps serving its last bundle; waits for the run to end
@@ -202,28 +237,10 @@ class AgentLoop:
         if pending is not None and (pending.round, pending.base_version) == (task.round, task.fam_version):
             self._submit_pending()
             return
-        assert state.fam is not None
-        allowed, plan = self._privacy_gate(session, task.round)
-        if not allowed:
+        trained = self._train_locally(session, task.round, task.fam_version)
+        if trained is None:
             return
-        self.heartbeat.set(session.run_id, "training", task.round)
-        self._event("training", run=session.run_id, round=task.round, version=task.fam_version)
-        outcome = train_round(
-            session.data,
-            session.prototypes,
-            session.record.logit_scale,
-            session.config,
-            round_number=task.round,
-            global_fam=state.fam,
-            head=state.head,
-            residual=state.residual,
-            seed=self.settings.train_seed,
-            device=self.device,
-            privacy=plan,
-        )
-        if self.heartbeat.abandoned(session.run_id, task.round):
-            self._event("round abandoned; work dropped", logging.WARNING, run=session.run_id, round=task.round)
-            return
+        outcome, plan = trained
         self._event(
             "round trained",
             run=session.run_id,
@@ -309,7 +326,7 @@ class AgentLoop:
         state = self.state
         state.fam, state.fam_version = to_torch(fam_from_bytes(data, session.config.embed_dim)), version
         features, labels = session.data.part("val")
-        metrics = evaluate(
+        metrics, calibration = evaluate_and_calibrate(
             features,
             labels,
             session.data.classes,
@@ -320,16 +337,6 @@ class AgentLoop:
             session.head_hidden,
         )
         metrics["majority_acc"] = majority_rate(labels)  # local only: the bar "above chance" means
-        calibration = fit_calibration(
-            features,
-            labels,
-            session.data.classes,
-            session.prototypes,
-            session.record.logit_scale,
-            state.fam,
-            state.head,
-            session.head_hidden,
-        )
         bundle = publish_bundle(
             self.settings.bundle_root,
             self.site,

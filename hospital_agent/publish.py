@@ -40,7 +40,7 @@ def publish_bundle(
 ) -> Bundle:
     """Write and switch to a new bundle version, then delete all but the newest ``keep`` versions.
 
-    ``calibration`` is the temperature fitted on the site's validation split (``trainer.fit_calibration``);
+    ``calibration`` is the temperature fitted on the site's validation split (``trainer.evaluate_and_calibrate``);
     the API serves calibrated probabilities with it, and the manifest records ECE before and after.
     """
     bundle = write_bundle(

@@ -26,7 +26,6 @@ from fedmedclip.secagg import encoding, packing
 from fedmedclip.secagg.protocol import SecAggClient, SecAggError
 from hospital_agent.client import AggregatorError
 from hospital_agent.session import RunSession
-from hospital_agent.trainer import train_round
 
 if TYPE_CHECKING:
     from hospital_agent.loop import AgentLoop
@@ -103,30 +102,13 @@ class SecurePhases:
             return
         if state.fam is None or state.fam_version != task.fam_version:
             agent._adopt(session, task.fam_version)
-        assert state.fam is not None
-        allowed, plan = agent._privacy_gate(session, task.round)  # record-level DP composes with secure rounds
-        if not allowed:
+        # Record-level DP composes with secure rounds: the same privacy gate as a plain round.
+        trained = agent._train_locally(session, task.round, task.fam_version, secure=True)
+        if trained is None:
             return
-        agent.heartbeat.set(session.run_id, "training", task.round)
-        agent._event("training", run=session.run_id, round=task.round, version=task.fam_version, secure=True)
+        outcome, plan = trained
+        assert outcome.fam is not None and state.fam is not None
         config = session.config
-        outcome = train_round(
-            session.data,
-            session.prototypes,
-            session.record.logit_scale,
-            config,
-            round_number=task.round,
-            global_fam=state.fam,
-            head=state.head,
-            residual=state.residual,
-            seed=agent.settings.train_seed,
-            device=agent.device,
-            privacy=plan,
-        )
-        if agent.heartbeat.abandoned(session.run_id, task.round):
-            agent._event("round abandoned; work dropped", logging.WARNING, run=session.run_id, round=task.round)
-            return
-        assert outcome.fam is not None
         residual = state.residual if state.residual is not None and set(state.residual) == set(outcome.fam) else None
         secure = config.secure_aggregation
         encoded = encoding.encode_site(

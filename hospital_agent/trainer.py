@@ -162,14 +162,13 @@ def evaluate(
     head_hidden: int,
 ) -> dict[str, float]:
     """Zero-shot, head and ensemble accuracy and macro-F1 on a labelled split (aggregate numbers only)."""
-    if labels.numel() == 0:
-        return {}
-    classifier = PersonalisedClassifier(classes, fam, prototypes, logit_scale, head, head_hidden)
-    report = ensemble_report(classifier.predict(features), labels)
-    return {name: float(report[name]) for name in REPORTED if name in report}
+    metrics, _ = evaluate_and_calibrate(
+        features, labels, classes, prototypes, logit_scale, fam, head, head_hidden, calibrate=False
+    )
+    return metrics
 
 
-def fit_calibration(
+def evaluate_and_calibrate(
     features: torch.Tensor,
     labels: torch.Tensor,
     classes: Sequence[str],
@@ -178,12 +177,22 @@ def fit_calibration(
     fam: dict[str, torch.Tensor],
     head: dict[str, torch.Tensor] | None,
     head_hidden: int,
-) -> Calibration | None:
-    """The ensemble's temperature fitted on the validation split (``None``: too few images to fit one)."""
+    *,
+    calibrate: bool = True,
+) -> tuple[dict[str, float], Calibration | None]:
+    """``evaluate``'s metrics and the ensemble's temperature fitted on the same (validation) predictions.
+
+    One forward pass for both (the bundle's metrics and its calibration come from the same split). The
+    calibration is ``None`` when there are too few images to fit one, or with ``calibrate=False``.
+    """
     if labels.numel() == 0:
-        return None
+        return {}, None
     classifier = PersonalisedClassifier(classes, fam, prototypes, logit_scale, head, head_hidden)
-    return fit_temperature(classifier.predict(features).probs, labels, split="val")
+    prediction = classifier.predict(features)
+    report = ensemble_report(prediction, labels)
+    metrics = {name: float(report[name]) for name in REPORTED if name in report}
+    calibration = fit_temperature(prediction.probs, labels, split="val") if calibrate else None
+    return metrics, calibration
 
 
 def majority_rate(labels: torch.Tensor) -> float:

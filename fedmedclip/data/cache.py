@@ -146,6 +146,12 @@ class EmbeddingCache:
             rows = self._connection().execute("SELECT namespace, COUNT(*) FROM embeddings GROUP BY namespace")
             return {str(name): int(n) for name, n in rows}
 
+    def digests(self) -> set[str]:
+        """Every content digest with a vector, in any namespace: bytes the embedding pass has decoded."""
+        with self._lock:
+            rows = self._connection().execute("SELECT DISTINCT content_sha256 FROM embeddings")
+            return {str(digest) for (digest,) in rows}
+
     def size_bytes(self) -> int:
         """Bytes on disk, write-ahead log included."""
         files = (self.path, self.path.with_name(CACHE_FILE + "-wal"), self.path.with_name(CACHE_FILE + "-shm"))

@@ -25,7 +25,7 @@ import os
 import re
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -121,9 +121,15 @@ def check_site(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     workers: int = 4,
     progress: Callable[[int, int], None] | None = None,
+    decoded: Collection[str] = frozenset(),
 ) -> DataReport:
-    """Decode, hash and inspect every listed file of ``images``; report what training would see."""
-    inspected = _inspect_all(images.paths, workers, progress)
+    """Decode, hash and inspect every listed file of ``images``; report what training would see.
+
+    ``decoded``: content digests already known to decode (the embedding cache holds a vector for them, so the
+    embedding pass decoded exactly these bytes before); such files are hashed and their header read, but not
+    decoded again, which makes a restart's check cost a read and a hash per file instead of a full decode.
+    """
+    inspected = _inspect_all(images.paths, workers, progress, decoded)
     usable = [index for index, item in enumerate(inspected) if item.error is None]
     skipped = [(str(path), reason) for path, reason in images.skipped]
     skipped += [(str(item.path), item.error) for item in inspected if item.error is not None]
@@ -172,26 +178,33 @@ def check_site(
 # --- reading every file once ------------------------------------------------------------------------------
 
 
-def _inspect_all(paths: Sequence[Path], workers: int, progress: Callable[[int, int], None] | None) -> list[_Inspected]:
+def _inspect_all(
+    paths: Sequence[Path],
+    workers: int,
+    progress: Callable[[int, int], None] | None,
+    decoded: Collection[str] = frozenset(),
+) -> list[_Inspected]:
     # Threads: Pillow and the DICOM codecs release the GIL while decoding, and file reads overlap.
     results: list[_Inspected] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about odd-but-readable headers; the report is our output
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for done, item in enumerate(pool.map(_inspect, paths), start=1):
+            for done, item in enumerate(pool.map(lambda path: _inspect(path, decoded), paths), start=1):
                 results.append(item)
                 if progress is not None:
                     progress(done, len(paths))
     return results
 
 
-def _inspect(path: Path) -> _Inspected:
+def _inspect(path: Path, decoded: Collection[str] = frozenset()) -> _Inspected:
     try:
         data = path.read_bytes()
     except OSError as error:
         return _Inspected(path, error=f"unreadable: {error.strerror or error.__class__.__name__}")
     digest = hashlib.sha256(data).hexdigest()
     size, mode, syntax = _header(data)
+    if digest in decoded:
+        return _Inspected(path, digest, size, mode, syntax)
     try:
         decode_image(data, path)  # exactly what the embedding pass does with these bytes
     except ImageDecodeError as error:

@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedmedclip.data.dicom import looks_like_dicom
-from fedmedclip.data.imagefolder import DatasetError, ImageRecord, LabeledImages
-from fedmedclip.data.layout import EMPTY_FOLDER_REASON, class_folders, files_under, skip_summary
+from fedmedclip.data.imagefolder import LabeledImages, scan_class_folders
 
 DICOM_SUFFIXES: frozenset[str] = frozenset({".dcm", ".dicom"})
 _MARKER_BYTES = 132  # 128-byte preamble + "DICM"
@@ -42,48 +41,8 @@ def scan_dicom_folder(root: str | os.PathLike[str], classes: Sequence[str] | Non
     folders (``__MACOSX``) are never classes and are reported in ``skipped``. A given list fixes the label
     order and each named folder must exist. Files are sorted, so the same tree always gives the same records.
     """
-    base = Path(root).expanduser()
-    if not base.is_dir():
-        what = "is not a directory" if base.exists() else "does not exist"
-        raise DatasetError(f"DICOM folder root {base} {what}")
-    skipped: list[tuple[Path, str]] = []
-    present = class_folders(base, skipped)
-    listed: dict[str, list[Path]] = {}
-    for name in present if classes is None else [str(name) for name in classes if str(name) in present]:
-        found = []
-        for path in files_under(base / name, skipped):
-            if is_dicom_file(path):
-                found.append(path)
-            else:
-                skipped.append((path, "not a DICOM file (no .dcm/.dicom suffix and no DICM marker)"))
-        if not found and classes is None:
-            skipped.append((base / name, EMPTY_FOLDER_REASON))
-            continue
-        listed[name] = found
-    if present and not any(listed.values()):
-        raise DatasetError(f"no DICOM files under {base}/<class>/{skip_summary(skipped)}")
-    chosen = _choose(base, [name for name in present if classes is not None or name in listed], classes)
-    records = [
-        ImageRecord(path=path, class_name=name, label=label)
-        for label, name in enumerate(chosen)
-        for path in listed.get(name, [])
-    ]
-    return LabeledImages(classes=chosen, records=records, skipped=skipped)
 
+    def keep(path: Path) -> str | None:
+        return None if is_dicom_file(path) else "not a DICOM file (no .dcm/.dicom suffix and no DICM marker)"
 
-def _choose(base: Path, present: list[str], classes: Sequence[str] | None) -> list[str]:
-    if classes is None:
-        if not present:
-            raise DatasetError(f"no class folders in {base}: expected {base}/<class>/<file>.dcm")
-        return present
-    chosen = [str(name) for name in classes]
-    if not chosen:
-        raise DatasetError(f"an empty class list was given for {base}")
-    if len(set(chosen)) != len(chosen):
-        raise DatasetError(f"class list for {base} repeats a class: {chosen}")
-    missing = [name for name in chosen if name not in present]
-    if missing:
-        raise DatasetError(
-            f"class folder(s) missing in {base}: {', '.join(missing)} (found: {', '.join(present) or 'none'})"
-        )
-    return chosen
+    return scan_class_folders(root, classes, keep, kind="DICOM folder", files="DICOM files", pattern="<file>.dcm")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,30 +59,58 @@ def scan_imagefolder(root: str | os.PathLike[str], classes: Sequence[str] | None
     are ignored. Images in nested sub-folders of a class belong to that class. Files are sorted so that the
     same tree always gives the same records in the same order.
     """
+
+    def keep(path: Path) -> str | None:
+        return None if is_image_path(path) else f"not an image suffix ({path.suffix or 'none'})"
+
+    return scan_class_folders(
+        root,
+        classes,
+        keep,
+        kind="image folder",
+        files=f"images ({', '.join(sorted(IMAGE_SUFFIXES))})",
+        pattern="<image>",
+    )
+
+
+def scan_class_folders(
+    root: str | os.PathLike[str],
+    classes: Sequence[str] | None,
+    keep: Callable[[Path], str | None],
+    *,
+    kind: str,
+    files: str,
+    pattern: str,
+) -> LabeledImages:
+    """The ``root/<class>/`` walk shared by the image and DICOM folder adapters.
+
+    ``keep`` returns ``None`` for a file to list, or the reason it is skipped; ``kind``, ``files`` and
+    ``pattern`` only word the errors ("image folder root ... does not exist", "no images under ...").
+    """
     base = Path(root).expanduser()
     if not base.is_dir():
         what = "is not a directory" if base.exists() else "does not exist"
-        raise DatasetError(f"image folder root {base} {what}")
+        raise DatasetError(f"{kind} root {base} {what}")
     skipped: list[tuple[Path, str]] = []
     present = class_folders(base, skipped)
     listed: dict[str, list[Path]] = {}
     for name in present if classes is None else [str(name) for name in classes if str(name) in present]:
-        folder_skipped: list[tuple[Path, str]] = []
-        files = files_under(base / name, folder_skipped)
-        images = []
-        for path in files:
-            if is_image_path(path):
-                images.append(path)
+        found = []
+        for path in files_under(base / name, skipped):
+            reason = keep(path)
+            if reason is None:
+                found.append(path)
             else:
-                folder_skipped.append((path, f"not an image suffix ({path.suffix or 'none'})"))
-        skipped.extend(folder_skipped)
-        if not images and classes is None:
+                skipped.append((path, reason))
+        if not found and classes is None:
             skipped.append((base / name, EMPTY_FOLDER_REASON))
             continue
-        listed[name] = images
+        listed[name] = found
     if present and not any(listed.values()):
-        raise DatasetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {base}{skip_summary(skipped)}")
-    chosen = _choose_classes(base, [name for name in present if classes is not None or name in listed], classes)
+        raise DatasetError(f"no {files} under {base}{skip_summary(skipped)}")
+    chosen = _choose_classes(
+        base, [name for name in present if classes is not None or name in listed], classes, pattern
+    )
     records = [
         ImageRecord(path=path, class_name=name, label=label)
         for label, name in enumerate(chosen)
@@ -91,10 +119,10 @@ def scan_imagefolder(root: str | os.PathLike[str], classes: Sequence[str] | None
     return LabeledImages(classes=chosen, records=records, skipped=skipped)
 
 
-def _choose_classes(base: Path, present: list[str], classes: Sequence[str] | None) -> list[str]:
+def _choose_classes(base: Path, present: list[str], classes: Sequence[str] | None, pattern: str) -> list[str]:
     if classes is None:
         if not present:
-            raise DatasetError(f"no class folders in {base}: expected {base}/<class>/<image>")
+            raise DatasetError(f"no class folders in {base}: expected {base}/<class>/{pattern}")
         return present
     chosen = [str(name) for name in classes]
     if not chosen:

@@ -28,10 +28,18 @@ from __future__ import annotations
 
 import torch
 
-from fedmedclip.model.fam import build_fam, fam_state
-from fedmedclip.model.head import build_head, head_state
+from fedmedclip.model.fam import build_fam
+from fedmedclip.model.head import build_head
 from fedmedclip.training.config import TrainConfig
-from fedmedclip.training.local_round import RoundResult, recalibrate_batchnorm, shuffled_batches, train_step
+from fedmedclip.training.local_round import (
+    RoundResult,
+    check_round_inputs,
+    recalibrate_batchnorm,
+    round_generator,
+    round_result,
+    shuffled_batches,
+    train_step,
+)
 
 _WARMUP_STEPS = 3  # eager steps on a side stream before capture: lazy optimiser state, cuBLAS workspaces
 
@@ -58,19 +66,8 @@ class DeviceRoundTrainer:
         compile_modules: bool = False,
     ) -> None:
         self.config = config or TrainConfig()
-        num_samples, dim = features.shape
-        num_classes = text_prototypes.shape[0]
         # Checked once, when the site's data arrives: these read values on the host, rounds must not.
-        if num_samples < 2:
-            raise ValueError(f"a local round needs at least 2 training samples, got {num_samples}")
-        if labels.shape != (num_samples,):
-            raise ValueError(f"labels must have shape ({num_samples},), got {tuple(labels.shape)}")
-        if text_prototypes.shape[1] != dim:
-            raise ValueError(f"text prototypes have width {text_prototypes.shape[1]}, features have {dim}")
-        if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-            raise ValueError(
-                f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]"
-            )
+        num_samples, dim, num_classes = check_round_inputs(features, labels, text_prototypes)
         self.device = torch.device(device) if device is not None else features.device
         self.num_samples, self.dim, self.num_classes = num_samples, dim, num_classes
         self.logit_scale = logit_scale
@@ -110,7 +107,7 @@ class DeviceRoundTrainer:
         if self.capture and self.graph is None and self.capture_error is None:
             self._capture()
         self._load(global_fam, head, round_index, seed)
-        generator = torch.Generator().manual_seed(seed * 100_003 + round_index)
+        generator = round_generator(seed, round_index)
         size = config.batch_size
         steps = 0
         for _ in range(config.local_epochs):
@@ -134,12 +131,8 @@ class DeviceRoundTrainer:
                 steps += 1
         recalibrate_batchnorm(self.fam, self.head, self.features, size)
         # The round is over: the one host synchronisation, to report its metrics.
-        means = (self.sums / steps).tolist()
-        metrics = dict(zip(("loss", "contrastive", "head_ce", "kd"), means, strict=True))
-        if config.use_head_ce or config.use_kd:
-            metrics["train_head_acc"] = float(self.correct) / (self.num_samples * config.local_epochs)
-        metrics["fam_alive_rows"] = float(sum(int(layer.alive_rows().sum()) for layer in (self.fam.m1, self.fam.m2)))
-        return RoundResult(fam_state(self.fam), head_state(self.head), self.num_samples, metrics)
+        seen = self.num_samples * config.local_epochs if config.use_head_ce or config.use_kd else 0
+        return round_result(self.fam, self.head, self.num_samples, self.sums / steps, self.correct, seen)
 
     def _step(self, index: torch.Tensor) -> None:
         train_step(

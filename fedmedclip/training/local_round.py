@@ -141,6 +141,45 @@ def recalibrate_batchnorm(
     head.train(was_training)
 
 
+def check_round_inputs(
+    features: torch.Tensor, labels: torch.Tensor, text_prototypes: torch.Tensor
+) -> tuple[int, int, int]:
+    """(samples, width, classes) of a site's training data, or ``ValueError`` saying what does not fit."""
+    num_samples, dim = features.shape
+    num_classes = text_prototypes.shape[0]
+    if num_samples < 2:
+        raise ValueError(f"a local round needs at least 2 training samples, got {num_samples}")
+    if labels.shape != (num_samples,):
+        raise ValueError(f"labels must have shape ({num_samples},), got {tuple(labels.shape)}")
+    if text_prototypes.shape[1] != dim:
+        raise ValueError(f"text prototypes have width {text_prototypes.shape[1]}, features have {dim}")
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]")
+    return num_samples, dim, num_classes
+
+
+def round_generator(seed: int, round_index: int) -> torch.Generator:
+    """The round's shuffling generator: the same for the CPU and the device trainer, so both give one order."""
+    return torch.Generator().manual_seed(seed * 100_003 + round_index)
+
+
+def round_result(
+    fam: FeatureAdaptationModule,
+    head: PrivateHead,
+    num_samples: int,
+    mean_losses: torch.Tensor,
+    correct: torch.Tensor,
+    seen: int,
+) -> RoundResult:
+    """The trained state and the round's metrics (the one host synchronisation of a round)."""
+    means = mean_losses.tolist()
+    metrics = dict(zip(("loss", "contrastive", "head_ce", "kd"), means, strict=True))
+    if seen:
+        metrics["train_head_acc"] = float(correct) / seen
+    metrics["fam_alive_rows"] = float(sum(int(layer.alive_rows().sum()) for layer in (fam.m1, fam.m2)))
+    return RoundResult(fam_state(fam), head_state(head), num_samples, metrics)
+
+
 def train_local_round(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -160,16 +199,7 @@ def train_local_round(
     head (the site's first round). The shuffling is seeded by ``seed`` and ``round_index``.
     """
     config = config or TrainConfig()
-    num_samples, dim = features.shape
-    num_classes = text_prototypes.shape[0]
-    if num_samples < 2:
-        raise ValueError(f"a local round needs at least 2 training samples, got {num_samples}")
-    if labels.shape != (num_samples,):
-        raise ValueError(f"labels must have shape ({num_samples},), got {tuple(labels.shape)}")
-    if text_prototypes.shape[1] != dim:
-        raise ValueError(f"text prototypes have width {text_prototypes.shape[1]}, features have {dim}")
-    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]")
+    num_samples, dim, num_classes = check_round_inputs(features, labels, text_prototypes)
 
     device = features.device
     fam = build_fam(dim, global_fam).to(device).train()
@@ -181,7 +211,7 @@ def train_local_round(
         eps=config.eps,
         weight_decay=config.weight_decay,
     )
-    generator = torch.Generator().manual_seed(seed * 100_003 + round_index)
+    generator = round_generator(seed, round_index)
     text = text_prototypes.to(device)
     labels = labels.to(device)
     # Running sums stay on the device: a host sync per step would dominate a round on a GPU.
@@ -200,9 +230,4 @@ def train_local_round(
             if config.use_head_ce or config.use_kd:
                 seen += batch_labels.numel()
     recalibrate_batchnorm(fam, head_module, features, config.batch_size)
-    means = (sums / steps).tolist()
-    metrics = dict(zip(("loss", "contrastive", "head_ce", "kd"), means, strict=True))
-    if seen:
-        metrics["train_head_acc"] = float(correct) / seen
-    metrics["fam_alive_rows"] = float(sum(int(layer.alive_rows().sum()) for layer in (fam.m1, fam.m2)))
-    return RoundResult(fam_state(fam), head_state(head_module), num_samples, metrics)
+    return round_result(fam, head_module, num_samples, sums / steps, correct, seen)

@@ -145,6 +145,14 @@ def test_dicom_folder_with_suffixless_pacs_files(tmp_path: Path) -> None:
     assert sorted(p.name for p, _ in images.skipped) == ["README", "photo.png"]
     with pytest.raises(DatasetError, match="class folder"):
         scan_dicom_folder(tmp_path, ["normal", "covid"])
+    with pytest.raises(DatasetError, match="repeats normal"):
+        scan_dicom_folder(tmp_path, ["normal", "normal"])
+    assert scan_dicom_folder(tmp_path, ["pneumonia", "normal"]).classes == ["pneumonia", "normal"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=r"expected .*empty/<class>/<file>\.dcm"):
+        scan_dicom_folder(tmp_path / "empty")
+    with pytest.raises(DatasetError, match=r"DICOM folder root .* does not exist"):
+        scan_dicom_folder(tmp_path / "nowhere")
 
 
 def test_dicom_files_are_embedded_through_the_cache(tmp_path: Path, tiny_backbone: Backbone) -> None:

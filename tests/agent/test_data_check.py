@@ -219,3 +219,41 @@ def test_run_without_a_token_says_so_before_reading_the_data(tmp_path: Path) -> 
     result = runner.invoke(app, ["run", "--config", str(path)])
     assert result.exit_code == EXIT_CONFIG and "no site token" in result.output
     assert "does not exist" not in result.output  # the data was never looked at
+
+
+def test_run_does_not_decode_again_what_the_embedding_cache_already_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    from fedmedclip.data import check as check_module
+    from fedmedclip.data.cache import EmbeddingCache
+    from hospital_agent.data_check import check_site_data
+    from hospital_agent.settings import load_settings
+
+    root = clean_tree(tmp_path / "data")
+    settings = load_settings(config(tmp_path, {"adapter": "imagefolder", "root": str(root)}))
+    decoded: list[str] = []
+    real_decode = check_module.decode_image
+
+    def counting_decode(data: bytes, path: Path) -> object:
+        decoded.append(Path(path).name)
+        return real_decode(data, path)
+
+    monkeypatch.setattr(check_module, "decode_image", counting_decode)
+
+    first = check_site_data(settings, trust_cache=True)  # no cache yet: every file is decoded
+    assert first.usable == 24 and len(decoded) == 24
+    assert not settings.effective_cache_dir.exists()  # the check never creates an empty cache
+
+    benign = sorted((root / "benign").glob("*.png"))
+    with EmbeddingCache(settings.effective_cache_dir) as cache:
+        cache.put_many("some-backbone", {hashlib.sha256(p.read_bytes()).hexdigest(): np.ones(4) for p in benign})
+    decoded.clear()
+    again = check_site_data(settings, trust_cache=True)
+    assert sorted(decoded) == sorted(f"m{index:02d}.png" for index in range(12))  # only the uncached class
+    assert again.to_json() == first.to_json()  # same report: sizes, modes, splits, findings
+
+    decoded.clear()
+    check_site_data(settings)  # `agent check` still decodes everything
+    assert len(decoded) == 24

@@ -121,7 +121,7 @@ def test_the_published_bundle_carries_a_temperature_fitted_on_validation(
     from fedmedclip.model.personalised import PersonalisedClassifier
     from fedmedclip.training.calibration import MIN_SAMPLES
     from hospital_agent.publish import publish_bundle
-    from hospital_agent.trainer import fit_calibration
+    from hospital_agent.trainer import evaluate, evaluate_and_calibrate
     from tests.bundle.factory import CLASSES, HEAD_HIDDEN, train_site
 
     result, prototypes = train_site(tiny_backbone)
@@ -129,9 +129,10 @@ def test_the_published_bundle_carries_a_temperature_fitted_on_validation(
     features = torch.randn(60, tiny_backbone.embed_dim, generator=generator)
     labels = torch.arange(60) % len(CLASSES)
     args = (CLASSES, prototypes, tiny_backbone.logit_scale, result.fam_state, result.head_state, HEAD_HIDDEN)
-    calibration = fit_calibration(features, labels, *args)
+    metrics, calibration = evaluate_and_calibrate(features, labels, *args)
     assert calibration is not None and calibration.samples == 60 and calibration.nll_after <= calibration.nll_before
-    assert fit_calibration(features[: MIN_SAMPLES - 1], labels[: MIN_SAMPLES - 1], *args) is None
+    assert metrics == evaluate(features, labels, *args) and "ensemble_acc" in metrics
+    assert evaluate_and_calibrate(features[: MIN_SAMPLES - 1], labels[: MIN_SAMPLES - 1], *args)[1] is None
 
     from fedmedclip.bundle import BackboneRecord
 
